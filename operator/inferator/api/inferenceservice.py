@@ -1,0 +1,154 @@
+"""InferenceService: a profile selected against the cluster's GPUs, served as an OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from inferator.api.common import ApiModel, Condition, LocalObjectRef, Quantity, ResourceRequirements, Toleration
+
+Engine = Literal["trtllm", "vllm", "sglang", "vllm-cpu"]
+Precision = Literal["fp4", "fp8", "int8", "int4", "fp16", "bf16", "fp32"]
+Target = Literal["latency", "throughput"]
+ScalingSignal = Literal["queueLength", "runningRequests", "kvCacheUsage", "cpu"]
+
+PROFILE_NAME_PATTERN = r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$"
+
+InferenceServicePhase = Literal[
+    "Pending", "WaitingForCache", "NoCompatibleProfile", "Deploying", "Ready", "Degraded", "Failed"
+]
+
+
+class ProfileSelector(ApiModel):
+    """Constraints on automatic selection; every list narrows, an empty list allows all."""
+
+    engines: list[Engine] = Field(default_factory=list, max_length=4)
+    precisions: list[Precision] = Field(default_factory=list, max_length=7)
+    tensor_parallel_sizes: list[Annotated[int, Field(ge=1, le=64)]] = Field(default_factory=list, max_length=8)
+    gpu_products: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="GPU products (nvidia.com/gpu.product, matched by normalised name) or short names (h100).",
+    )
+    optimize_for: Target | None = Field(
+        default=None, description="Prefer latency or throughput profiles; by default latency comes first."
+    )
+
+
+class Serving(ApiModel):
+    """Limits that size the KV cache and the engine."""
+
+    max_model_len: int | None = Field(
+        default=None, ge=16, le=10_485_760, description="Context length; defaults to the model's own maximum."
+    )
+    min_concurrency: int = Field(
+        default=1, ge=1, le=4096, description="Sequences of max length the KV cache must hold at once."
+    )
+    gpu_memory_utilization: float = Field(default=0.9, ge=0.1, le=0.99)
+    served_model_name: str | None = Field(
+        default=None, max_length=256, description="Name clients send as `model`; defaults to the cache's model."
+    )
+    extra_args: list[str] = Field(default_factory=list, max_length=64)
+    startup_timeout_seconds: int = Field(
+        default=1200, ge=60, le=14400, description="Startup probe budget (NIM's is about 20 minutes)."
+    )
+
+
+class Autoscaling(ApiModel):
+    """Autoscaling on engine signals; the operator leaves `replicas` to the autoscaler when enabled."""
+
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    max_replicas: int = Field(default=1, ge=1, le=1000)
+    metric: ScalingSignal = "queueLength"
+    target: float = Field(default=4, gt=0, description="Target value of the signal per replica.")
+    backend: Literal["auto", "hpa", "keda"] = Field(
+        default="auto", description="auto: KEDA when its CRDs exist or minReplicas is 0, else HPA."
+    )
+
+
+class Networking(ApiModel):
+    """Who may talk to the endpoint; private AI means no egress by default."""
+
+    allowed_namespaces: list[str] = Field(default_factory=list, max_length=64)
+    allowed_pod_labels: dict[str, str] | None = None
+    allow_egress: bool = False
+
+
+class Scheduling(ApiModel):
+    node_selector: dict[str, str] | None = None
+    tolerations: list[Toleration] | None = Field(default=None, max_length=64)
+    priority_class_name: str | None = Field(default=None, max_length=253)
+    runtime_class_name: str | None = Field(default=None, max_length=253)
+
+
+class InferenceServiceSpec(ApiModel):
+    model_cache_ref: LocalObjectRef = Field(description="The ModelCache (same namespace) to serve from.")
+    profile: str | None = Field(
+        default=None,
+        max_length=128,
+        pattern=PROFILE_NAME_PATTERN,
+        description="Pin a profile (e.g. vllm-h100-fp8-tp2-latency); feasibility is still checked.",
+    )
+    selector: ProfileSelector | None = None
+    serving: Serving = Field(default_factory=Serving, json_schema_extra={"default": {}})
+    replicas: int = Field(default=1, ge=0, le=1000)
+    autoscaling: Autoscaling | None = None
+    scheduling: Scheduling | None = None
+    resources: ResourceRequirements | None = Field(default=None, description="CPU/memory for the server.")
+    networking: Networking = Field(default_factory=Networking, json_schema_extra={"default": {}})
+    image: str | None = Field(default=None, max_length=1024, description="Override the engine's image.")
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.profile) && has(self.selector))",
+                    "message": "profile and selector exclude each other: a pinned profile is not ranked",
+                    "fieldPath": ".profile",
+                },
+                {
+                    "rule": "!has(self.autoscaling) || self.autoscaling.minReplicas <= self.autoscaling.maxReplicas",
+                    "message": "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+                    "fieldPath": ".autoscaling.minReplicas",
+                },
+                {
+                    "rule": "!has(self.autoscaling) || self.autoscaling.minReplicas > 0 || self.autoscaling.backend != 'hpa'",
+                    "message": "scale to zero (autoscaling.minReplicas: 0) needs backend keda or auto; an HPA cannot scale to zero",
+                    "fieldPath": ".autoscaling.backend",
+                },
+            ]
+        }
+    }
+
+
+class Estimates(ApiModel):
+    """The chosen profile's memory estimates, per GPU."""
+
+    weight_bytes_per_gpu: int | None = None
+    kv_cache_bytes_per_gpu: int | None = None
+    kv_cache_tokens: int | None = None
+    max_concurrent_sequences: int | None = None
+    required_bytes_per_gpu: int | None = None
+    available_bytes_per_gpu: int | None = None
+
+
+class Candidate(ApiModel):
+    name: str
+    feasible: bool
+    reason: str = ""
+
+
+class InferenceServiceStatus(ApiModel):
+    phase: InferenceServicePhase | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    profile: str | None = None
+    pool: str | None = None
+    estimates: Estimates | None = None
+    candidates: list[Candidate] = Field(default_factory=list)
+    replicas: int | None = None
+    ready_replicas: int | None = None
+    selector: str | None = Field(default=None, description="Label selector of the pods, for the scale subresource.")
+    endpoint: str | None = None
+    message: str | None = None
