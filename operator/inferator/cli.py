@@ -15,7 +15,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "crds": ("inferator.api.cli", "write the CRDs generated from the API models"),
     "plan": ("inferator.profiles.plan", "which profile would a model get on these nodes? (offline)"),
     "prefetch": ("inferator.prefetch.main", "download a model into a cache directory (the prefetch Job)"),
-    "runtime": ("inferator.runtime.entrypoint", "serving container entrypoint: assert the profile, exec the engine"),
+    "runtime": (
+        "inferator.runtime.entrypoint",
+        "serving container entrypoint: assert the profile, exec the engine",
+    ),
     "dev": ("inferator.dev.cli", "local control plane with simulated GPU nodes: build, up, demo, down"),
 }
 

@@ -18,9 +18,7 @@ class ApiModel(BaseModel):
     fields); refusing them here means a spec read back from the cluster is exactly the schema.
     """
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=False
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=False)
 
     def to_k8s(self) -> dict[str, Any]:
         """The dict to send to the API: aliases, no unset optional fields."""

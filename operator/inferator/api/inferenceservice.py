@@ -6,7 +6,13 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from inferator.api.common import ApiModel, Condition, LocalObjectRef, Quantity, ResourceRequirements, Toleration
+from inferator.api.common import (
+    ApiModel,
+    Condition,
+    LocalObjectRef,
+    ResourceRequirements,
+    Toleration,
+)
 
 Engine = Literal["trtllm", "vllm", "sglang", "vllm-cpu"]
 Precision = Literal["fp4", "fp8", "int8", "int4", "fp16", "bf16", "fp32"]
@@ -25,7 +31,9 @@ class ProfileSelector(ApiModel):
 
     engines: list[Engine] = Field(default_factory=list, max_length=4)
     precisions: list[Precision] = Field(default_factory=list, max_length=7)
-    tensor_parallel_sizes: list[Annotated[int, Field(ge=1, le=64)]] = Field(default_factory=list, max_length=8)
+    tensor_parallel_sizes: list[Annotated[int, Field(ge=1, le=64)]] = Field(
+        default_factory=list, max_length=8
+    )
     gpu_products: list[str] = Field(
         default_factory=list,
         max_length=32,
@@ -47,7 +55,9 @@ class Serving(ApiModel):
     )
     gpu_memory_utilization: float = Field(default=0.9, ge=0.1, le=0.99)
     served_model_name: str | None = Field(
-        default=None, max_length=256, description="Name clients send as `model`; defaults to the cache's model."
+        default=None,
+        max_length=256,
+        description="Name clients send as `model`; defaults to the cache's model.",
     )
     extra_args: list[str] = Field(default_factory=list, max_length=64)
     startup_timeout_seconds: int = Field(
@@ -149,6 +159,8 @@ class InferenceServiceStatus(ApiModel):
     candidates: list[Candidate] = Field(default_factory=list)
     replicas: int | None = None
     ready_replicas: int | None = None
-    selector: str | None = Field(default=None, description="Label selector of the pods, for the scale subresource.")
+    selector: str | None = Field(
+        default=None, description="Label selector of the pods, for the scale subresource."
+    )
     endpoint: str | None = None
     message: str | None = None

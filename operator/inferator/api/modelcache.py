@@ -42,6 +42,13 @@ class ModelSource(ApiModel):
     exclude: list[str] = Field(default_factory=list, max_length=64, description="Glob patterns to skip.")
 
 
+AccessMode = Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]
+
+
+def _default_access_modes() -> list[AccessMode]:
+    return ["ReadWriteOnce"]
+
+
 class Storage(ApiModel):
     """The PVC the cache lives on."""
 
@@ -55,9 +62,7 @@ class Storage(ApiModel):
         description="Claim size; when omitted it is the source's total size plus headroom.",
     )
     storage_class_name: str | None = Field(default=None, max_length=253)
-    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]] = Field(
-        default_factory=lambda: ["ReadWriteOnce"], min_length=1, max_length=4
-    )
+    access_modes: list[AccessMode] = Field(default_factory=_default_access_modes, min_length=1, max_length=4)
     reclaim_policy: Literal["Retain", "Delete"] = Field(
         default="Retain",
         description="What happens to a claim the operator created when the ModelCache is deleted.",

@@ -26,7 +26,7 @@ KUBE_VERSION = "v1.37.2"
 # etcd 3.7 is what Kubernetes 1.37 pins in its own go.mod (go.etcd.io/etcd/server/v3).
 ETCD_VERSION = "v3.7.3"
 KWOK_VERSION = "v0.8.0"
-HELM_VERSION = "v3.19.0"
+HELM_VERSION = "v3.21.4"
 
 GOPROXY_URL = os.environ.get("GOPROXY", "https://proxy.golang.org").split(",")[0]
 
@@ -74,9 +74,7 @@ def binary(name: str) -> Path:
         if name in component.binaries:
             path = component.directory / name
             if not component.is_built():
-                raise FileNotFoundError(
-                    f"{name} {component.version} is not built; run `inferator dev build`"
-                )
+                raise FileNotFoundError(f"{name} {component.version} is not built; run `inferator dev build`")
             return path
     raise KeyError(name)
 
@@ -129,8 +127,14 @@ def _build(component: Component, go_mod: str, packages: dict[str, str], ldflags:
 def build_kubernetes() -> None:
     kube_mod = _fetch_mod("k8s.io/kubernetes", KUBE_VERSION)
     staging_version = "v0" + KUBE_VERSION[2:]  # v1.37.2 -> v0.37.2
-    lines = ["module inferator.dev/testbed-kubernetes", "", "go 1.26.0", "",
-             f"require k8s.io/kubernetes {KUBE_VERSION}", ""]
+    lines = [
+        "module inferator.dev/testbed-kubernetes",
+        "",
+        "go 1.26.0",
+        "",
+        f"require k8s.io/kubernetes {KUBE_VERSION}",
+        "",
+    ]
     lines += [f"replace {m} => {m} {staging_version}" for m in staging_modules(kube_mod)]
     packages = {b: f"k8s.io/kubernetes/cmd/{b}" for b in KUBE.binaries}
     _build(KUBE, "\n".join(lines) + "\n", packages, _ldflags_kube(KUBE_VERSION))
@@ -145,10 +149,37 @@ def build_etcd() -> None:
     _build(ETCD, go_mod, {"etcd": "go.etcd.io/etcd/server/v3"}, ldflags)
 
 
+# KWOK's own stage sets (shipped in its module): nodes become Ready and keep a lease, pods run
+# and complete, PVCs of the `kwok-volume` StorageClass get a PersistentVolume and bind.
+KWOK_STAGE_DIRS = ("node/fast", "node/heartbeat-with-lease", "pod/fast", "volume/fast")
+
+
+def kwok_stages_path() -> Path:
+    return KWOK.directory / "stages.yaml"
+
+
+def _extract_kwok_stages() -> None:
+    """Collect the Stage documents KWOK ships, so `kwok --config` gets its standard behaviour."""
+    if kwok_stages_path().exists():
+        return
+    modcache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True).stdout.strip()
+    root = Path(modcache) / f"sigs.k8s.io/kwok@{KWOK_VERSION}/kustomize/stage"
+    docs = []
+    for sub in KWOK_STAGE_DIRS:
+        for path in sorted((root / sub).glob("*.yaml")):
+            text = path.read_text()
+            if "kind: Stage" in text:
+                docs.append(text.strip())
+    if not docs:
+        raise RuntimeError(f"no KWOK stages found under {root}")
+    kwok_stages_path().write_text("\n---\n".join(docs) + "\n")
+
+
 def build_kwok() -> None:
     go_mod = f"module inferator.dev/testbed-kwok\n\ngo 1.26.0\n\nrequire sigs.k8s.io/kwok {KWOK_VERSION}\n"
     ldflags = f"-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={KWOK_VERSION}"
     _build(KWOK, go_mod, {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}, ldflags)
+    _extract_kwok_stages()
 
 
 def build_helm() -> None:

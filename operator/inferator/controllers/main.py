@@ -1,0 +1,44 @@
+"""`inferator run`: start the operator."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import kopf
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="inferator run", description="Run the Inferator operator.")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)"
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="watch the whole cluster (default)"
+    )
+    parser.add_argument("--liveness-port", type=int, default=8080, help="serve /healthz here (0: off)")
+    parser.add_argument(
+        "--metrics-port", type=int, default=9090, help="serve Prometheus /metrics here (0: off)"
+    )
+    parser.add_argument(
+        "--peering", default=None, help="kopf peering name: replicas with the same name elect one active"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
+    # Importing registers the handlers with kopf's default registry.
+    from inferator.controllers import inferenceservice, modelcache, settings  # noqa: F401
+
+    settings.METRICS_PORT["port"] = args.metrics_port
+    liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=liveness,
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        priority=100,
+    )
+    return 0
