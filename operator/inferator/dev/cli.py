@@ -110,7 +110,7 @@ def print_status(cluster: LocalCluster) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(cluster.kubectl(
         "get", "nodes", "-L", "nvidia.com/gpu.product", "-L", "nvidia.com/gpu.count"
     ).stdout)  # fmt: skip
