@@ -100,7 +100,7 @@ class PodWorker(threading.Thread):
     def __init__(self, runner: Runner, pod: Any) -> None:
         super().__init__(daemon=True, name=f"pod-{pod.metadata.name}")
         self.runner = runner
-        self.core = runner.core
+        self.core: Any = runner.core
         self.namespace: str = pod.metadata.namespace
         self.name: str = pod.metadata.name
         self.uid: str = pod.metadata.uid
@@ -196,8 +196,8 @@ class PodWorker(threading.Thread):
                 p.chmod(mode | 0o060 | (0o2010 if p.is_dir() else 0))
 
     # -- env ----------------------------------------------------------------------------------
-    def _env(self, container: Any, image_bin: str | None) -> dict[str, str]:
-        env: dict[str, str] = {
+    def _env(self, container: Any, image_bin: str | None) -> dict[str, Any]:
+        env: dict[str, Any] = {
             "PATH": (f"{image_bin}:" if image_bin else "") + os.environ.get("PATH", "/usr/bin:/bin"),
             "HOSTNAME": self.name,
             "HOME": str(self.dir / "home"),
@@ -227,7 +227,7 @@ class PodWorker(threading.Thread):
                 data = self.core.read_namespaced_secret(ref.secret_key_ref.name, self.namespace).data or {}
                 if ref.secret_key_ref.key in data:
                     env[var.name] = base64.b64decode(data[ref.secret_key_ref.key]).decode()
-            elif ref.config_map_key_ref:
+            elif ref.config_map_key_ref:  # ConfigMap values are str already
                 data = (
                     self.core.read_namespaced_config_map(ref.config_map_key_ref.name, self.namespace).data
                     or {}
@@ -321,13 +321,13 @@ class PodWorker(threading.Thread):
         def port_of(port: Any) -> int:
             if isinstance(port, int) or str(port).isdigit():
                 return int(port)
-            return next(p.container_port for p in container.ports or [] if p.name == port)
+            return int(next(p.container_port for p in container.ports or [] if p.name == port))
 
         try:
             if probe.http_get:
                 url = f"http://{POD_IP}:{port_of(probe.http_get.port)}{probe.http_get.path or '/'}"
                 with urllib.request.urlopen(url, timeout=probe.timeout_seconds or 1) as r:
-                    return 200 <= r.status < 400
+                    return bool(200 <= r.status < 400)
             if probe.tcp_socket:
                 with socket.create_connection(
                     (POD_IP, port_of(probe.tcp_socket.port)), timeout=probe.timeout_seconds or 1
@@ -503,9 +503,12 @@ class Runner:
     def __init__(
         self, state_dir: Path, apiserver_port: int, image_map: dict[str, str], node_name: str = NODE_NAME
     ) -> None:
-        kubernetes.config.load_kube_config()
-        self.core = kubernetes.client.CoreV1Api()
-        self.coordination = kubernetes.client.CoordinationV1Api()
+        # The client's models are typed, but this stand-in speaks plain dicts to the API,
+        # as kubectl would: treat the client as untyped here.
+        client: Any = kubernetes.client
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+        self.core: Any = client.CoreV1Api()
+        self.coordination: Any = client.CoordinationV1Api()
         self.state_dir = state_dir
         self.apiserver_port = apiserver_port
         self.image_map = image_map
@@ -570,7 +573,8 @@ class Runner:
                 pods = self.core.list_pod_for_all_namespaces(field_selector=selector)
                 for pod in pods.items:
                     self._dispatch(pod)
-                stream = kubernetes.watch.Watch().stream(
+                watch: Any = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+                stream = watch.stream(
                     self.core.list_pod_for_all_namespaces, field_selector=selector,
                     resource_version=pods.metadata.resource_version, timeout_seconds=300,
                 )  # fmt: skip
@@ -593,12 +597,10 @@ class Runner:
             if deleted:
                 worker.deleting.set()
         elif pod.metadata.deletion_timestamp and not deleted:
-            try:
+            with contextlib.suppress(ApiException):
                 self.core.delete_namespaced_pod(
                     pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0
                 )
-            except ApiException:
-                pass
 
 
 def main(argv: list[str] | None = None) -> None:
