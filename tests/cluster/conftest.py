@@ -115,3 +115,5 @@ def operator(cluster: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[
     proc = OperatorProcess(cluster, namespace, tmp_path / "operator.log")
     yield proc
     proc.stop()
+    # pytest shows this only when the test failed: the operator's side of the story.
+    print("---- operator log (tail) ----\n" + "\n".join(proc.log().splitlines()[-80:]))

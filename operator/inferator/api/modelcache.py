@@ -145,6 +145,10 @@ class ModelCacheStatus(ApiModel):
     conditions: list[Condition] = Field(default_factory=list)
     pvc_name: str | None = None
     job_name: str | None = None
+    content_hash: str | None = Field(
+        default=None,
+        description="Hash of the spec fields that sizeBytes, resolvedRevision and model describe.",
+    )
     resolved_revision: str | None = None
     size_bytes: int | None = None
     progress: Progress | None = None

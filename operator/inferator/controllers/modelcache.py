@@ -1,18 +1,29 @@
-"""ModelCache handlers."""
+"""ModelCache controller: RBAC for the Job, the PVC, a sizing Job when no size is given, the prefetch Job.
+
+Level-based: every run reads what exists and moves one step towards the desired state; the
+timer keeps looking while a cache is on its way and stops once it is Ready or Failed for the
+current generation, so a settled cache costs nothing.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import kopf
 from pydantic import ValidationError
 
 from inferator.api import API_GROUP, API_VERSION, ModelCacheSpec, ModelCacheStatus
+from inferator.api.common import CONDITION_STATUS
 from inferator.api.conditions import set_condition
+from inferator.controllers import kube
 from inferator.controllers.metrics import RECONCILE_SECONDS, RECONCILES
 from inferator.controllers.status import now_rfc3339, patch_status_if_changed
+from inferator.render import modelcache as render
+from inferator.settings import OperatorSettings
 
 KIND = "ModelCache"
+JobState = Literal["missing", "running", "succeeded", "failed"]
 
 
 def validation_message(error: ValidationError) -> str:
@@ -24,51 +35,192 @@ def validation_message(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """The status this reconcile wants: phase, the Ready condition, and the objects it points at."""
+
+    phase: str
+    ready: CONDITION_STATUS
+    reason: str
+    message: str
+    pvc_name: str | None = None
+    job_name: str | None = None
+    retry_s: float | None = None
+
+
+def job_outcome(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> tuple[JobState, str]:
+    """A Job's state and, when it failed, the reason its last pod gave (termination message)."""
+    if job is None:
+        return "missing", ""
+    status = job.get("status") or {}
+    conditions = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    if "Complete" in conditions or (status.get("succeeded") or 0) > 0:
+        return "succeeded", ""
+    if "Failed" in conditions:
+        message = ""
+        for pod in sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or ""):
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                terminated = (cs.get("state") or {}).get("terminated")
+                if cs.get("name") == "prefetch" and terminated:
+                    message = (
+                        terminated.get("message") or ""
+                    ).strip() or f"exit code {terminated.get('exitCode')}"
+        why = conditions["Failed"].get("message") or conditions["Failed"].get("reason") or "failed"
+        return "failed", message or why
+    return "running", ""
+
+
+def _ensure_job(
+    name: str,
+    namespace: str,
+    spec: ModelCacheSpec,
+    body: dict[str, Any],
+    mode: str,
+    generation: int,
+    revision: str | None,
+) -> tuple[JobState, str, str]:
+    settings = OperatorSettings.from_env()
+    manifest = render.render_job(
+        name, namespace, spec, settings, mode=mode, generation=generation, resolved_revision=revision
+    )
+    job_name = manifest["metadata"]["name"]
+    job = kube.get("batch/v1", "Job", job_name, namespace)
+    if job is not None:
+        state, message = job_outcome(job, kube.list_objects("v1", "Pod", namespace, f"job-name={job_name}"))
+        job_generation = int(job["metadata"].get("annotations", {}).get("inferator.dev/spec-generation", "0"))
+        if state == "failed" and job_generation < generation:
+            # The user changed something (credentials, resources) after a failure: try again.
+            kube.delete("batch/v1", "Job", job_name, namespace)
+            raise kopf.TemporaryError(f"replacing failed Job {job_name} after a spec change", delay=2)
+        return state, message, job_name
+    manifest["metadata"]["ownerReferences"] = [kube.owner_reference(body)]
+    kube.create(manifest)
+    return "running", "", job_name
+
+
+def _delete_stale_jobs(name: str, namespace: str, spec: ModelCacheSpec) -> None:
+    current = render.content_hash(spec)
+    for job in kube.list_objects("batch/v1", "Job", namespace, f"{render.CACHE_LABEL}={name}"):
+        if job["metadata"].get("annotations", {}).get("inferator.dev/content-hash") != current:
+            kube.delete("batch/v1", "Job", job["metadata"]["name"], namespace)
+
+
+def _ensure_pvc(
+    name: str, namespace: str, spec: ModelCacheSpec, body: dict[str, Any], size: str | int
+) -> str:
+    pvc_name = render.names(name, spec).pvc
+    if kube.get("v1", "PersistentVolumeClaim", pvc_name, namespace) is None:
+        pvc = render.render_pvc(name, namespace, spec, size)
+        if spec.storage.reclaim_policy == "Delete":
+            # Owned: garbage collection removes it with the ModelCache. Retain: no owner, it stays.
+            pvc["metadata"]["ownerReferences"] = [kube.owner_reference(body)]
+        kube.create(pvc)
+    return pvc_name
+
+
+def reconcile(
+    name: str, namespace: str, body: dict[str, Any], spec: ModelCacheSpec, status: ModelCacheStatus
+) -> Outcome:
+    generation = int(body["metadata"].get("generation") or 0)
+    cache_names = render.names(name, spec)
+    current_hash = render.content_hash(spec)
+    known = status.content_hash == current_hash
+    owner = [kube.owner_reference(body)]
+    for obj in render.render_rbac(name, namespace, spec):
+        obj["metadata"]["ownerReferences"] = owner
+        kube.apply(obj)
+    _delete_stale_jobs(name, namespace, spec)
+
+    if spec.storage.pvc_name:
+        if kube.get("v1", "PersistentVolumeClaim", spec.storage.pvc_name, namespace) is None:
+            return Outcome("Pending", "False", "PVCNotFound",
+                           f"spec.storage.pvcName {spec.storage.pvc_name!r} does not exist in {namespace!r}",
+                           retry_s=15)  # fmt: skip
+        pvc_name = spec.storage.pvc_name
+    else:
+        size: str | int | None = spec.storage.size
+        if size is None and known and status.size_bytes is not None:
+            size = render.pvc_size_bytes(status.size_bytes, OperatorSettings.from_env())
+        if size is None:
+            state, message, job_name = _ensure_job(name, namespace, spec, body, "size", generation, None)
+            if state == "failed":
+                return Outcome(
+                    "Failed",
+                    "False",
+                    "SizingFailed",
+                    f"listing {spec.source.uri} failed: {message}",
+                    job_name=job_name,
+                )
+            if state == "succeeded":
+                return Outcome("Failed", "False", "SizingFailed",
+                               f"Job {job_name} finished without reporting the source's size", job_name=job_name)  # fmt: skip
+            return Outcome("Pending", "False", "Sizing",
+                           f"Job {job_name} is listing {spec.source.uri} to size the volume", job_name=job_name)  # fmt: skip
+        pvc_name = _ensure_pvc(name, namespace, spec, body, size)
+
+    revision = status.resolved_revision if known else None
+    state, message, job_name = _ensure_job(name, namespace, spec, body, "fetch", generation, revision)
+    if state == "failed":
+        return Outcome("Failed", "False", "PrefetchFailed", message, pvc_name, job_name)
+    if state == "succeeded":
+        if not (known and status.model is not None):
+            return Outcome("Failed", "False", "PrefetchFailed",
+                           f"Job {job_name} finished without reporting a verified cache", pvc_name, job_name)  # fmt: skip
+        total = status.size_bytes or 0
+        revision_note = f" at revision {status.resolved_revision}" if status.resolved_revision else ""
+        return Outcome("Ready", "True", "Prefetched",
+                       f"{spec.source.uri}{revision_note}: {total / 2**30:.2f} GiB verified on PVC {pvc_name}",
+                       pvc_name, job_name)  # fmt: skip
+    return Outcome("Downloading", "False", "Downloading", f"Job {job_name} is downloading into PVC {pvc_name}",
+                   pvc_name, job_name)  # fmt: skip
+
+
+def _not_settled(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
+    settled = status.get("phase") in ("Ready", "Failed") and status.get("observedGeneration") == meta.get(
+        "generation"
+    )
+    return not settled
+
+
 @kopf.on.resume(API_GROUP, API_VERSION, "modelcaches")
 @kopf.on.create(API_GROUP, API_VERSION, "modelcaches")
 @kopf.on.update(API_GROUP, API_VERSION, "modelcaches", field="spec")
+@kopf.timer(API_GROUP, API_VERSION, "modelcaches", interval=3, when=_not_settled)
 def reconcile_modelcache(
-    spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+    name: str,
+    namespace: str | None,
+    body: kopf.Body,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    **_: Any,
 ) -> None:
     with RECONCILE_SECONDS.labels(KIND).time():
         current = ModelCacheStatus.model_validate(dict(status))
         generation = meta.get("generation")
         try:
-            ModelCacheSpec.model_validate(dict(spec))
+            parsed = ModelCacheSpec.model_validate(dict(spec))
         except ValidationError as exc:
-            message = validation_message(exc)
-            conditions = set_condition(
-                current.conditions,
-                "Ready",
-                "False",
-                "InvalidSpec",
-                message,
-                now=now_rfc3339(),
-                generation=generation,
-            )
-            desired = current.model_copy(
-                update={"phase": "Failed", "conditions": conditions, "observed_generation": generation}
-            )
-            patch_status_if_changed(patch, dict(status), desired.to_k8s())
-            RECONCILES.labels(KIND, "invalid").inc()
-            return
-        # The prefetch Job controller (issue 5) replaces this: until then a cache is accepted
-        # and reported as pending, with the reason in plain words.
+            outcome = Outcome("Failed", "False", "InvalidSpec", validation_message(exc))
+        else:
+            raw = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": dict(body["metadata"])}
+            outcome = reconcile(name, namespace or "", raw, parsed, current)
         conditions = set_condition(
-            current.conditions,
-            "Ready",
-            "False",
-            "PrefetchPending",
-            "the prefetch Job has not run yet",
-            now=now_rfc3339(),
-            generation=generation,
-        )
-        desired = current.model_copy(
-            update={
-                "phase": current.phase or "Pending",
-                "conditions": conditions,
-                "observed_generation": generation,
-            }
-        )
-        patch_status_if_changed(patch, dict(status), desired.to_k8s())
-        RECONCILES.labels(KIND, "ok").inc()
+            current.conditions, "Ready", outcome.ready, outcome.reason, outcome.message,
+            now=now_rfc3339(), generation=generation,
+        )  # fmt: skip
+        desired = {
+            "phase": outcome.phase,
+            "observedGeneration": generation,
+            "conditions": [c.to_k8s() for c in conditions],
+            "pvcName": outcome.pvc_name,
+            "jobName": outcome.job_name,
+        }
+        desired = {k: v for k, v in desired.items() if v is not None}
+        if patch_status_if_changed(patch, dict(status), desired) and current.phase != outcome.phase:
+            kopf.event(dict(body), type="Warning" if outcome.phase == "Failed" else "Normal",
+                       reason=outcome.reason, message=outcome.message[:1024])  # fmt: skip
+            logger.info("phase %s -> %s: %s", current.phase, outcome.phase, outcome.reason)
+        RECONCILES.labels(KIND, outcome.phase).inc()

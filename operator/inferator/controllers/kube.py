@@ -1,0 +1,88 @@
+"""The few Kubernetes calls the handlers make, in one place (sync client; kopf runs sync handlers in threads)."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiException
+
+FIELD_MANAGER = "inferator"
+
+
+@cache
+def _api_client() -> Any:
+    # kopf has already logged in; this reuses the same kubeconfig or in-cluster credentials.
+    try:
+        kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    return kubernetes.client.ApiClient()
+
+
+@cache
+def dynamic() -> Any:
+    from kubernetes.dynamic import DynamicClient
+
+    return DynamicClient(_api_client())
+
+
+def resource(api_version: str, kind: str) -> Any:
+    return dynamic().resources.get(api_version=api_version, kind=kind)
+
+
+def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def apply(obj: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply with one field manager: idempotent, and drift in our fields is undone."""
+    api = resource(obj["apiVersion"], obj["kind"])
+    result = api.server_side_apply(
+        body=obj,
+        name=obj["metadata"]["name"],
+        namespace=obj["metadata"].get("namespace"),
+        field_manager=FIELD_MANAGER,
+        force_conflicts=True,
+    )
+    return dict(result.to_dict())
+
+
+def get(api_version: str, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+    try:
+        return dict(resource(api_version, kind).get(name=name, namespace=namespace).to_dict())
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def create(obj: dict[str, Any]) -> None:
+    """Create if absent. A concurrent handler (kopf runs timers beside change handlers) may win the race."""
+    api = resource(obj["apiVersion"], obj["kind"])
+    try:
+        api.create(body=obj, namespace=obj["metadata"].get("namespace"))
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+
+def delete(api_version: str, kind: str, name: str, namespace: str) -> None:
+    try:
+        resource(api_version, kind).delete(name=name, namespace=namespace, propagation_policy="Background")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def list_objects(api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+    result = resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
+    return [dict(item.to_dict()) for item in result.items]

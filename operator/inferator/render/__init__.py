@@ -1,0 +1,1 @@
+"""Pure functions from (spec, selection, settings) to Kubernetes manifests, via jinja2 templates."""

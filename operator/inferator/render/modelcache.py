@@ -1,0 +1,144 @@
+"""What a ModelCache becomes: its PVC, the prefetch Job's identity, and the Jobs themselves."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from inferator.api.modelcache import ModelCacheSpec
+from inferator.render.templating import render_manifest, render_manifests
+from inferator.settings import OperatorSettings
+
+CACHE_LABEL = "inferator.dev/model-cache"
+MOUNT_PATH = "/cache"
+_MAX_PREFIX = 40  # Job names feed the `job-name` label (63 chars) with a suffix
+
+
+@dataclass(frozen=True)
+class CacheNames:
+    pvc: str
+    service_account: str
+    size_job: str
+    fetch_job: str
+
+
+def labels(cache_name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/managed-by": "inferator",
+        "app.kubernetes.io/part-of": "inferator",
+        CACHE_LABEL: cache_name,
+    }
+
+
+def content_hash(spec: ModelCacheSpec) -> str:
+    """Hash of what decides the bytes on the volume. Changing it re-runs the Job; nothing else does."""
+    source = spec.source
+    material = {
+        "uri": source.uri,
+        "endpoint": source.endpoint,
+        "region": source.region,
+        "include": source.include,
+        "exclude": source.exclude,
+        "owner": [spec.ownership.run_as_user, spec.ownership.run_as_group],
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def names(cache_name: str, spec: ModelCacheSpec) -> CacheNames:
+    prefix = cache_name[:_MAX_PREFIX].rstrip("-")
+    digest = content_hash(spec)
+    return CacheNames(
+        pvc=spec.storage.pvc_name or f"{prefix}-weights",
+        service_account=f"{prefix}-prefetch",
+        size_job=f"{prefix}-size-{digest}",
+        fetch_job=f"{prefix}-fetch-{digest}",
+    )
+
+
+def pvc_size_bytes(source_bytes: int, settings: OperatorSettings) -> int:
+    """Source size plus headroom, rounded up to whole GiB: sized from the listing, never a default."""
+    headroom = max(int(source_bytes * settings.pvc_headroom_ratio), settings.pvc_headroom_min_bytes)
+    return math.ceil((source_bytes + headroom) / (1 << 30)) * (1 << 30)
+
+
+def render_rbac(cache_name: str, namespace: str, spec: ModelCacheSpec) -> list[dict[str, Any]]:
+    return render_manifests(
+        "modelcache-rbac.yaml.j2",
+        names=names(cache_name, spec),
+        namespace=namespace,
+        labels=labels(cache_name),
+        cache_name=cache_name,
+    )
+
+
+def render_pvc(cache_name: str, namespace: str, spec: ModelCacheSpec, size: str | int) -> dict[str, Any]:
+    return render_manifest(
+        "modelcache-pvc.yaml.j2",
+        names=names(cache_name, spec),
+        namespace=namespace,
+        labels=labels(cache_name),
+        storage=spec.storage,
+        size=str(size),
+    )
+
+
+def prefetch_env(
+    cache_name: str, spec: ModelCacheSpec, mode: str, resolved_revision: str | None
+) -> list[dict[str, Any]]:
+    """The Job's settings as environment variables (the `inferator prefetch` contract)."""
+    source = spec.source
+    values: dict[str, str | None] = {
+        "INFERATOR_SOURCE": source.uri,
+        "INFERATOR_DEST": MOUNT_PATH,
+        "INFERATOR_ENDPOINT": source.endpoint,
+        "INFERATOR_REGION": source.region,
+        "INFERATOR_INCLUDE": "\n".join(source.include) or None,
+        "INFERATOR_EXCLUDE": "\n".join(source.exclude) or None,
+        "INFERATOR_PARALLEL": str(spec.prefetch.parallel_downloads),
+        "INFERATOR_STALL_TIMEOUT": str(spec.prefetch.stall_timeout_seconds),
+        "INFERATOR_REVISION": resolved_revision,
+        "INFERATOR_MODELCACHE": cache_name,
+        "INFERATOR_MODE": mode,
+        "HOME": "/tmp",
+    }
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items() if v is not None]
+    env.append(
+        {"name": "INFERATOR_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+    )
+    return env
+
+
+def render_job(
+    cache_name: str,
+    namespace: str,
+    spec: ModelCacheSpec,
+    settings: OperatorSettings,
+    *,
+    mode: str,
+    generation: int,
+    resolved_revision: str | None = None,
+) -> dict[str, Any]:
+    """The sizing (`mode="size"`) or download (`mode="fetch"`) Job for a cache."""
+    cache_names = names(cache_name, spec)
+    prefetch = spec.prefetch
+    return render_manifest(
+        "modelcache-job.yaml.j2",
+        job_name=cache_names.size_job if mode == "size" else cache_names.fetch_job,
+        names=cache_names,
+        namespace=namespace,
+        labels=labels(cache_name),
+        mode=mode,
+        content_hash=content_hash(spec),
+        generation=generation,
+        prefetch=prefetch,
+        ownership=spec.ownership,
+        source=spec.source,
+        image=prefetch.image or settings.prefetch_image,
+        command=["inferator", "prefetch"],
+        env=prefetch_env(cache_name, spec, mode, resolved_revision),
+        tolerations=[t.to_k8s() for t in prefetch.tolerations or []],
+        resources=prefetch.resources.to_k8s() if prefetch.resources else None,
+    )

@@ -1,0 +1,37 @@
+"""jinja2 with StrictUndefined: templates a platform engineer can read and diff, parsed after rendering."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from typing import Any
+
+import jinja2
+import yaml
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("inferator.render", "templates"),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # noqa: S701 (YAML, not HTML; values go through the tojson filter)
+        keep_trailing_newline=True,
+    )
+    # JSON is valid YAML: every value lands quoted and escaped, never concatenated.
+    env.filters["tojson"] = lambda value: json.dumps(value, sort_keys=False)
+    env.filters["combine"] = lambda left, right: {**left, **right}
+    return env
+
+
+def render_manifests(template: str, **context: Any) -> list[dict[str, Any]]:
+    """Render a template and parse it into the objects it holds (empty documents dropped)."""
+    text = _environment().get_template(template).render(**context)
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def render_manifest(template: str, **context: Any) -> dict[str, Any]:
+    docs = render_manifests(template, **context)
+    if len(docs) != 1:
+        raise ValueError(f"{template} rendered {len(docs)} objects, expected one")
+    return docs[0]

@@ -1,0 +1,98 @@
+"""What a ModelCache renders to: the Job runs as the cache's UID, restricted, with its credentials by reference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from inferator.api import ModelCacheSpec
+from inferator.controllers.modelcache import job_outcome
+from inferator.render import modelcache as render
+from inferator.settings import OperatorSettings
+
+SETTINGS = OperatorSettings()
+
+
+def spec(**overrides: Any) -> ModelCacheSpec:
+    return ModelCacheSpec.model_validate(
+        {"source": {"uri": "hf://org/model", "credentialsSecret": {"name": "hf"}}, **overrides}
+    )
+
+
+def test_job_runs_non_root_as_the_cache_owner_with_fsgroup() -> None:
+    job = render.render_job("m", "ns", spec(ownership={"runAsUser": 2000, "runAsGroup": 3000, "fsGroup": 4000}),
+                            SETTINGS, mode="fetch", generation=1)  # fmt: skip
+    pod = job["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": 2000, "runAsGroup": 3000, "fsGroup": 4000,
+        "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"},
+    }  # fmt: skip
+    container = pod["containers"][0]
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert "initContainers" not in pod
+    assert pod["volumes"][1] == {"name": "cache", "persistentVolumeClaim": {"claimName": "m-weights"}}
+
+
+def test_credentials_come_by_secret_reference_only() -> None:
+    job = render.render_job("m", "ns", spec(), SETTINGS, mode="fetch", generation=1)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "hf"}}]
+    assert all("valueFrom" in e or "TOKEN" not in e["name"] for e in container["env"])
+
+
+def test_fix_ownership_is_opt_in_and_runs_chown_as_root() -> None:
+    job = render.render_job(
+        "m", "ns", spec(ownership={"fixOwnership": True}), SETTINGS, mode="fetch", generation=1
+    )
+    init = job["spec"]["template"]["spec"]["initContainers"][0]
+    assert init["securityContext"]["runAsUser"] == 0
+    assert "chown -R 1000:1000 /cache" in init["command"][-1]
+
+
+def test_sizing_job_mounts_no_volume() -> None:
+    job = render.render_job("m", "ns", spec(), SETTINGS, mode="size", generation=1)
+    assert job["metadata"]["name"].startswith("m-size-")
+    assert [v["name"] for v in job["spec"]["template"]["spec"]["volumes"]] == ["tmp"]
+
+
+def test_only_content_changes_change_the_job() -> None:
+    base = spec()
+    assert render.names("m", base) == render.names("m", spec(prefetch={"parallelDownloads": 2}))
+    assert (
+        render.names("m", base).fetch_job
+        != render.names("m", spec(source={"uri": "hf://org/model@v2"})).fetch_job
+    )
+
+
+def test_job_names_fit_the_job_name_label() -> None:
+    names = render.names("x" * 253, spec())
+    assert max(len(names.fetch_job), len(names.size_job)) <= 63
+
+
+@pytest.mark.parametrize(
+    ("size", "expected_gib"), [(0, 1), (5 * 2**30, 6), (5 * 2**30 + 1, 7), (100 * 2**30, 110)]
+)
+def test_pvc_is_sized_from_the_listing_with_headroom(size: int, expected_gib: int) -> None:
+    assert render.pvc_size_bytes(size, SETTINGS) == expected_gib * 2**30
+
+
+def test_rbac_limits_the_job_to_its_own_cache() -> None:
+    role = next(o for o in render.render_rbac("m", "ns", spec()) if o["kind"] == "Role")
+    assert all(rule["resourceNames"] == ["m"] for rule in role["rules"])
+    assert {v for r in role["rules"] for v in r["verbs"]} == {"get", "patch"}
+
+
+def _pod(message: str, code: int) -> dict[str, Any]:
+    return {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"},
+            "status": {"containerStatuses": [{"name": "prefetch", "state": {"terminated": {"exitCode": code, "message": message}}}]}}  # fmt: skip
+
+
+def test_failed_job_reports_its_pods_termination_message() -> None:
+    job = {"status": {"conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}]}}
+    assert job_outcome(job, [_pod("sha256 mismatch for model-00001.safetensors", 2)]) == (
+        "failed", "sha256 mismatch for model-00001.safetensors")  # fmt: skip
+    assert job_outcome({"status": {"succeeded": 1}}, []) == ("succeeded", "")
+    assert job_outcome({"status": {"active": 1}}, []) == ("running", "")
+    assert job_outcome(None, []) == ("missing", "")
