@@ -25,7 +25,7 @@ def _api_client() -> Any:
 def dynamic() -> Any:
     from kubernetes.dynamic import DynamicClient
 
-    return DynamicClient(_api_client())
+    return DynamicClient(_api_client())  # type: ignore[no-untyped-call]
 
 
 def resource(api_version: str, kind: str) -> Any:

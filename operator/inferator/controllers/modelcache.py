@@ -122,7 +122,6 @@ def reconcile(
     name: str, namespace: str, body: dict[str, Any], spec: ModelCacheSpec, status: ModelCacheStatus
 ) -> Outcome:
     generation = int(body["metadata"].get("generation") or 0)
-    cache_names = render.names(name, spec)
     current_hash = render.content_hash(spec)
     known = status.content_hash == current_hash
     owner = [kube.owner_reference(body)]
@@ -220,7 +219,7 @@ def reconcile_modelcache(
         }
         desired = {k: v for k, v in desired.items() if v is not None}
         if patch_status_if_changed(patch, dict(status), desired) and current.phase != outcome.phase:
-            kopf.event(dict(body), type="Warning" if outcome.phase == "Failed" else "Normal",
+            kopf.event(body, type="Warning" if outcome.phase == "Failed" else "Normal",
                        reason=outcome.reason, message=outcome.message[:1024])  # fmt: skip
             logger.info("phase %s -> %s: %s", current.phase, outcome.phase, outcome.reason)
         RECONCILES.labels(KIND, outcome.phase).inc()
