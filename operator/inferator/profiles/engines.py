@@ -135,7 +135,6 @@ def engine_command(inputs: LaunchInputs) -> list[str]:
                 argv += ["--quantization", inputs.precision]
         else:
             argv += ["--dtype", dtype]
-        argv += ["--disable-log-requests"] if inputs.engine == "vllm" else []
     elif inputs.engine == "trtllm":
         argv = [
             "trtllm-serve",

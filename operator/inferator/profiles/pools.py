@@ -13,9 +13,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from inferator.profiles.catalog import GPU_RESOURCE, PRODUCT_LABEL, GpuSpec, describe_gpu
+from inferator.profiles.catalog import (
+    COMPUTE_MAJOR_LABEL,
+    COMPUTE_MINOR_LABEL,
+    FAMILY_LABEL,
+    GPU_RESOURCE,
+    MEMORY_LABEL,
+    PRODUCT_LABEL,
+    GpuSpec,
+    describe_gpu,
+)
 
 CPU_POOL_KEY = "cpu"
+# The labels describe_gpu reads; equal values mean an equal GpuSpec.
+GPU_DESCRIPTION_LABELS = (PRODUCT_LABEL, MEMORY_LABEL, COMPUTE_MAJOR_LABEL, COMPUTE_MINOR_LABEL, FAMILY_LABEL)
 # Node Feature Discovery labels that say the CPU runs BF16 natively (AVX512-BF16 or AMX).
 CPU_BF16_LABELS = (
     "feature.node.kubernetes.io/cpu-cpuid.AVX512BF16",
@@ -174,6 +185,7 @@ def gpu_pools(
     tolerated_keys = frozenset(tolerated_taint_keys)
     groups: dict[tuple[str, int], list[tuple[str, GpuSpec | None, str, int, bool, tuple[Taint, ...]]]] = {}
     excluded: list[ExcludedNode] = []
+    described: dict[tuple[str | None, ...], tuple[GpuSpec | None, str]] = {}
     for node in nodes:
         metadata = node.get("metadata") or {}
         name = str(metadata.get("name", "?"))
@@ -216,7 +228,11 @@ def gpu_pools(
                 continue
             groups.setdefault((CPU_POOL_KEY, 0), []).append((name, None, "", memory_bytes, cpu_bf16, taints))
             continue
-        gpu, reason = describe_gpu(labels, catalog)
+        # Nodes of one pool carry the same GPU labels: describe each distinct set once.
+        gpu_key = tuple(labels.get(k) for k in GPU_DESCRIPTION_LABELS)
+        if gpu_key not in described:
+            described[gpu_key] = describe_gpu(labels, catalog)
+        gpu, reason = described[gpu_key]
         if gpu is None:
             excluded.append(ExcludedNode(name, reason))
             continue
