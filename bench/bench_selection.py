@@ -16,7 +16,7 @@ from typing import Any
 
 from inferator.api.inferenceservice import InferenceServiceSpec
 from inferator.api.modelcache import ModelFacts
-from inferator.profiles import facts_from_config, gpu_pools, select_profile
+from inferator.profiles import facts_from_config, gpu_pools, pools_for_spec, select_profile
 
 GPU_LABELS = [
     ("NVIDIA-H100-80GB-HBM3", 81559, 9, 0),
@@ -111,7 +111,7 @@ def main() -> None:
     nodes = make_nodes(args.nodes, rng)
     models = make_models(args.models, rng)
     spec = InferenceServiceSpec.model_validate({"modelCacheRef": {"name": "bench"}})
-    scan = gpu_pools(nodes)
+    scan = pools_for_spec(nodes, spec)
     print(
         f"{args.models} models x {args.nodes} nodes -> {len(scan.pools)} pools, {len(scan.excluded)} nodes left out"
     )

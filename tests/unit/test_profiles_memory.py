@@ -299,3 +299,23 @@ def test_trtllm_fraction_translates_utilisation_to_free_memory_share() -> None:
 def test_shared_memory_is_large_for_tensor_parallel() -> None:
     assert engines.shm_size_bytes("vllm", 4) > engines.shm_size_bytes("vllm", 1)
     assert engines.shm_size_bytes("vllm-cpu", 1) == engines.SHM_BYTES_SINGLE
+
+
+def test_quantised_directory_keeps_exact_bytes_and_estimates_the_count(tmp_path: Path) -> None:
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "vocab_size": 100,
+        "torch_dtype": "float16",
+        "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    # AWQ packs eight 4-bit weights per int32: element counts in the header under-count parameters.
+    _write_safetensors(tmp_path / "model.safetensors", {"qweight": ("I32", [64, 16], 4096)})
+    facts = facts_from_directory(tmp_path)
+    assert facts.weight_bytes == 4096
+    assert facts.parameter_count == estimate_parameter_count(config)
+    assert facts.quantization == Quantization(method="awq", bits=4)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from inferator.api.inferenceservice import InferenceServiceSpec
-from inferator.profiles import facts_from_config, select_profile
+from inferator.profiles import facts_from_config, pools_for_spec, select_profile
 from inferator.profiles.select import parse_profile_name, profile_name
 from inferator.profiles.settings import SelectionSettings
 
@@ -424,3 +424,28 @@ def test_profile_names_round_trip() -> None:
         "tp": "4",
         "target": "throughput",
     }
+
+
+def test_a_reused_pool_scan_gives_the_same_answer_as_the_node_list() -> None:
+    nodes = [gpu_node("h", "h100", 8), gpu_node("l", "l4", 1), cpu_node("c")]
+    the_spec = spec(scheduling={"nodeSelector": {}})
+    scan = pools_for_spec(nodes, the_spec)
+    for model in CONFIGS:
+        assert select_profile(facts(model), scan, the_spec) == select_profile(facts(model), nodes, the_spec)
+
+
+def test_the_spec_node_selector_and_tolerations_shape_the_pools() -> None:
+    tainted = gpu_node("h", "h100", 8)
+    tainted["spec"]["taints"].append({"key": "team", "value": "research", "effect": "NoSchedule"})
+    nodes = [tainted, gpu_node("l", "l4", 1)]
+    plain = select_profile(facts("llama-3.1-8b"), nodes, spec())
+    assert plain.profile is not None
+    assert plain.profile.gpu_short_name == "l4"
+    assert any(e.name == "h" and "team=research" in e.reason for e in plain.excluded_nodes)
+    tolerated = select_profile(
+        facts("llama-3.1-8b"),
+        nodes,
+        spec(scheduling={"tolerations": [{"key": "team", "operator": "Equal", "value": "research"}]}),
+    )
+    assert tolerated.profile is not None
+    assert tolerated.profile.gpu_short_name == "h100"

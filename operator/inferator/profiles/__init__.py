@@ -7,7 +7,13 @@ same function offline. Everything here is pure except `plan.py`'s I/O edges.
 from inferator.profiles.catalog import BUILTIN_CATALOG, GpuSpec, catalog_from_config, normalise_product
 from inferator.profiles.model_facts import facts_from_config, facts_from_directory, read_safetensors_header
 from inferator.profiles.pools import GpuPool, PoolScan, gpu_pools
-from inferator.profiles.select import NoCompatibleProfile, ScoredCandidate, Selection, select_profile
+from inferator.profiles.select import (
+    NoCompatibleProfile,
+    ScoredCandidate,
+    Selection,
+    pools_for_spec,
+    select_profile,
+)
 from inferator.profiles.settings import SelectionSettings
 
 __all__ = [
@@ -24,6 +30,7 @@ __all__ = [
     "facts_from_directory",
     "gpu_pools",
     "normalise_product",
+    "pools_for_spec",
     "read_safetensors_header",
     "select_profile",
 ]

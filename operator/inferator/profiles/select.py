@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any
 
 from inferator.api.inferenceservice import (
     Candidate,
@@ -29,7 +29,7 @@ from inferator.api.inferenceservice import (
 from inferator.api.modelcache import ModelFacts
 from inferator.api.profile import ServingProfile
 from inferator.profiles import engines as eng
-from inferator.profiles.catalog import GpuSpec, find_by_short_name_or_product
+from inferator.profiles.catalog import BUILTIN_CATALOG, GpuSpec, find_by_short_name_or_product
 from inferator.profiles.memory import (
     GIB,
     MIB,
@@ -164,24 +164,18 @@ class _Constraints:
     precisions: frozenset[str] | None
     tps: frozenset[int] | None
     gpu_products: frozenset[str] | None
-    preferred_target: Target
 
 
 def _constraints(spec: InferenceServiceSpec, catalog: Mapping[str, GpuSpec] | None) -> _Constraints:
     sel = spec.selector
     if spec.profile or sel is None:
-        return _Constraints(
-            None, None, None, None, sel.optimize_for if sel and sel.optimize_for else "latency"
-        )
-    from inferator.profiles.catalog import BUILTIN_CATALOG
-
+        return _Constraints(None, None, None, None)
     cat = BUILTIN_CATALOG if catalog is None else catalog
     return _Constraints(
         engines=frozenset(sel.engines) or None,
         precisions=frozenset(sel.precisions) or None,
         tps=frozenset(sel.tensor_parallel_sizes) or None,
         gpu_products=frozenset(find_by_short_name_or_product(p, cat) for p in sel.gpu_products) or None,
-        preferred_target=sel.optimize_for or "latency",
     )
 
 
@@ -537,6 +531,27 @@ def _failure(
     )
 
 
+def pools_for_spec(
+    nodes: Iterable[Mapping[str, Any]],
+    spec: InferenceServiceSpec,
+    settings: SelectionSettings | None = None,
+    catalog: Mapping[str, GpuSpec] | None = None,
+) -> PoolScan:
+    """The pools a service may use: `gpu_pools` with the spec's nodeSelector and tolerations applied."""
+    settings = settings or SelectionSettings()
+    sched = spec.scheduling
+    tolerations = (
+        [t.model_dump(by_alias=True, exclude_none=True) for t in (sched.tolerations or [])] if sched else []
+    )
+    return gpu_pools(
+        nodes,
+        catalog,
+        node_selector=sched.node_selector if sched else None,
+        tolerations=tolerations,
+        tolerated_taint_keys=settings.tolerated_taint_keys,
+    )
+
+
 def select_profile(
     facts: ModelFacts,
     nodes: Iterable[Mapping[str, Any]] | PoolScan,
@@ -548,25 +563,14 @@ def select_profile(
 ) -> Selection:
     """Select the serving profile for `facts` on `nodes` under `spec` and the operator's `settings`.
 
-    nodes: Node objects as dicts, or a PoolScan from `gpu_pools` (reuse it across many models).
+    nodes: Node objects as dicts, or a PoolScan from `pools_for_spec` (to group nodes once and
+    reuse the scan across services; it is valid for every spec with the same `scheduling`).
     catalog: the GPU catalog (built-in plus the operator ConfigMap, see `catalog_from_config`).
     served_model_name: the name clients send when the spec sets none (e.g. the cache's model id);
     falls back to the ModelCache's name.
     """
     settings = settings or SelectionSettings()
-    if isinstance(nodes, PoolScan):
-        scan = nodes
-    else:
-        sched = spec.scheduling
-        scan = gpu_pools(
-            nodes,
-            catalog,
-            node_selector=sched.node_selector if sched else None,
-            tolerations=[t.model_dump(by_alias=True, exclude_none=True) for t in (sched.tolerations or [])]
-            if sched
-            else [],
-            tolerated_taint_keys=settings.tolerated_taint_keys,
-        )
+    scan = nodes if isinstance(nodes, PoolScan) else pools_for_spec(nodes, spec, settings, catalog)
     candidates, global_reasons = score_candidates(facts, scan.pools, spec, settings, catalog)
     preferred: Target = (
         spec.selector.optimize_for if spec.selector and spec.selector.optimize_for else "latency"
@@ -701,6 +705,3 @@ def _build_selection(
         pools=scan.pools,
         excluded_nodes=scan.excluded,
     )
-
-
-ENGINE_NAMES: tuple[str, ...] = get_args(Engine)
