@@ -179,3 +179,9 @@ def test_nodes_file_forms() -> None:
     )
     assert [n["metadata"]["name"] for n in short] == ["h-0", "h-1", "h-2"]
     assert short[0]["status"]["allocatable"]["nvidia.com/gpu"] == "8"
+
+
+def test_no_cluster_and_no_nodes_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "no-kubeconfig"
+    assert main([str(EXAMPLE_CONFIG), "--kubeconfig", str(missing)]) == 2
+    assert "pass --nodes FILE" in capsys.readouterr().err

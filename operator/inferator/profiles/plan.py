@@ -14,12 +14,12 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import ValidationError
 
-from inferator.api.inferenceservice import InferenceServiceSpec
+from inferator.api.inferenceservice import Engine, InferenceServiceSpec, Precision
 from inferator.api.modelcache import ModelFacts
 from inferator.profiles.catalog import (
     BUILTIN_CATALOG,
@@ -71,8 +71,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, help="context length (default: the model's, shrunk to fit)")
     p.add_argument("--min-concurrency", type=int, default=1, help="sequences of max length the KV must hold")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--engine", action="append", default=[], help="allowed engine (repeatable)")
-    p.add_argument("--precision", action="append", default=[], help="allowed precision (repeatable)")
+    p.add_argument(
+        "--engine", action="append", default=[], choices=get_args(Engine), help="allowed engine (repeatable)"
+    )
+    p.add_argument(
+        "--precision",
+        action="append",
+        default=[],
+        choices=get_args(Precision),
+        help="allowed precision (repeatable)",
+    )
     p.add_argument(
         "--tp", action="append", type=int, default=[], help="allowed tensor parallel size (repeatable)"
     )
