@@ -25,7 +25,10 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     toolchain.build_all(["etcd", "kubernetes", "kwok"])  # a no-op when the cache is warm
-    local = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    # The runner node really runs pods; their "image" is this virtualenv.
+    local = LocalCluster(
+        tmp_path_factory.mktemp("cluster"), runner_images={"*": str(Path(sys.executable).parent)}
+    )
     try:
         local.up()
         install_crds(local)

@@ -52,7 +52,9 @@ def test_operator_reports_status_health_and_metrics(
     metrics = operator.metrics()
     assert 'inferator_reconcile_total{kind="InferenceService",outcome="ok"}' in metrics
     # GitOps: the operator never writes spec; only the applier manages spec fields.
-    managed = kubectl_json("infsvc/orphan", "-n", namespace, "--show-managed-fields")["metadata"]["managedFields"]
+    managed = kubectl_json("infsvc/orphan", "-n", namespace, "--show-managed-fields")["metadata"][
+        "managedFields"
+    ]
     for entry in managed:
         if "f:spec" in entry.get("fieldsV1", {}):
             assert entry["manager"] == "kubectl", entry["manager"]

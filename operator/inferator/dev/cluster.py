@@ -17,6 +17,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Sequence
@@ -45,7 +46,10 @@ PSA_RESTRICTED = {
 STORAGE_CLASS = {
     "apiVersion": "storage.k8s.io/v1",
     "kind": "StorageClass",
-    "metadata": {"name": "kwok-volume", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+    "metadata": {
+        "name": "kwok-volume",
+        "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+    },
     "provisioner": "kwok.x-k8s.io/volume",
     "volumeBindingMode": "Immediate",
     "reclaimPolicy": "Delete",
@@ -82,6 +86,9 @@ class LocalCluster:
     state_dir: Path
     nodes: Sequence[NodeSpec] = DEFAULT_NODES
     ports: dict[str, int] = field(default_factory=dict)
+    # IMAGE_PREFIX -> bin dir; when set, the runner node (inferator.dev.runner) really runs
+    # the pods bound to it. Needs root (mount namespaces), as the kubelet does.
+    runner_images: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         self.state_dir = self.state_dir.resolve()
@@ -167,6 +174,10 @@ class LocalCluster:
                 f"--authentication-kubeconfig={kcfg}", f"--authorization-kubeconfig={kcfg}",
                 "--bind-address=127.0.0.1", f"--secure-port={p['scheduler']}", "--leader-elect=false", "--v=1",
             ]  # fmt: skip
+        if component == "runner":
+            images = [f"--image-map={k}={v}" for k, v in (self.runner_images or {}).items()]
+            return [sys.executable, "-m", "inferator.dev.runner", f"--state-dir={state / 'runner'}",
+                    f"--apiserver-port={p['apiserver']}", *images]  # fmt: skip
         if component == "kwok":
             return [
                 str(bin_("kwok")), f"--kubeconfig={kcfg}", f"--config={toolchain.kwok_stages_path()}",
@@ -197,6 +208,7 @@ class LocalCluster:
             return
         self.logs.mkdir(parents=True, exist_ok=True)
         self._pid_file(component).parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), PYTHONUNBUFFERED="1")
         with open(self.logs / f"{component}.log", "ab") as log:
             proc = subprocess.Popen(
                 self._command(component),
@@ -205,6 +217,7 @@ class LocalCluster:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 cwd=self.state_dir,
+                env=env,
             )
         self._pid_file(component).write_text(str(proc.pid))
 
@@ -281,17 +294,21 @@ class LocalCluster:
         self._wait_http(f"http://127.0.0.1:{self.ports['etcd']}/health", 60, "etcd")
         self.start_component("kube-apiserver")
         self._wait_http(f"{self.server}/readyz", timeout_s, "kube-apiserver", self._ssl_context())
-        for component in ("kube-controller-manager", "kube-scheduler", "kwok"):
+        for component in self.components[2:]:
             self.start_component(component)
         self.apply([node_manifest(n) for n in self.nodes] + [STORAGE_CLASS])
         self.wait_nodes_ready(timeout_s)
 
+    @property
+    def components(self) -> tuple[str, ...]:
+        return COMPONENTS + (("runner",) if self.runner_images is not None else ())
+
     def down(self) -> None:
-        for component in reversed(COMPONENTS):
+        for component in reversed(self.components):
             self.stop_component(component)
 
     def is_up(self) -> bool:
-        return all(self.pid(c) for c in COMPONENTS)
+        return all(self.pid(c) for c in self.components)
 
     def restart_apiserver(self) -> None:
         self.stop_component("kube-apiserver")
@@ -314,7 +331,7 @@ class LocalCluster:
         )
 
     def wait_nodes_ready(self, timeout_s: float) -> None:
-        names = {n.name for n in self.nodes}
+        names = {n.name for n in self.nodes} | ({"runner-0"} if self.runner_images is not None else set())
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.pid("kwok") is None:

@@ -162,7 +162,9 @@ def _extract_kwok_stages() -> None:
     """Collect the Stage documents KWOK ships, so `kwok --config` gets its standard behaviour."""
     if kwok_stages_path().exists():
         return
-    modcache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True).stdout.strip()
+    modcache = subprocess.run(
+        ["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     root = Path(modcache) / f"sigs.k8s.io/kwok@{KWOK_VERSION}/kustomize/stage"
     docs = []
     for sub in KWOK_STAGE_DIRS:
