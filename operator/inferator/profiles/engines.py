@@ -1,0 +1,228 @@
+"""Engine launch: the exact argv, endpoints, environment and pod needs of each OpenAI server.
+
+Every argument the engines default differently between releases is passed explicitly
+(host, port, memory fraction, context length), so a profile means the same thing on any
+image version. `extra_args` from the spec are appended last: argparse lets the later flag
+win, which is how a user overrides one of ours.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from inferator.api.inferenceservice import Engine, Precision, Target
+
+PORT = 8000
+GIB = 2**30
+
+# Environment every engine gets: the model is on a read-only volume, never fetched at start,
+# and nothing phones home (vLLM usage stats, generic DO_NOT_TRACK).
+COMMON_ENV: dict[str, str] = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+}
+VLLM_ENV: dict[str, str] = {"VLLM_NO_USAGE_STATS": "1"}
+SGLANG_ENV: dict[str, str] = {"SGLANG_DISABLE_USAGE_STATS": "1"}
+
+# /dev/shm: NCCL and the engines' worker processes exchange tensors through it under TP > 1;
+# NIM's docs ask for 16 GB on multi-GPU runs. A single GPU (and the CPU engine) needs little.
+SHM_BYTES_SINGLE = 2 * GIB
+SHM_BYTES_MULTI_GPU = 16 * GIB
+
+# Sequences scheduled at once: small batches keep per-token latency low; vLLM's default (256)
+# for throughput. Always at least the user's minConcurrency.
+MAX_NUM_SEQS: dict[Target, int] = {"latency": 64, "throughput": 256}
+
+_DTYPE_ARG: dict[str, str] = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """What the pod needs to know about an engine, independent of the profile."""
+
+    engine: Engine
+    port: int
+    health_path: str
+    metrics_path: str
+    readiness_path: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+ENGINES: dict[Engine, EngineInfo] = {
+    # vLLM docs, "OpenAI-Compatible Server": /health (503 when the engine died), /metrics.
+    "vllm": EngineInfo("vllm", PORT, "/health", "/metrics", "/v1/models", COMMON_ENV | VLLM_ENV),
+    # trtllm-serve docs: /health, /health_generate; Prometheus at /prometheus/metrics.
+    "trtllm": EngineInfo("trtllm", PORT, "/health", "/prometheus/metrics", "/v1/models", dict(COMMON_ENV)),
+    # SGLang docs: /health, /health_generate; /metrics with --enable-metrics.
+    "sglang": EngineInfo("sglang", PORT, "/health", "/metrics", "/v1/models", COMMON_ENV | SGLANG_ENV),
+    # vLLM's CPU backend serves the same API as vLLM.
+    "vllm-cpu": EngineInfo(
+        "vllm-cpu",
+        PORT,
+        "/health",
+        "/metrics",
+        "/v1/models",
+        COMMON_ENV | VLLM_ENV | {"VLLM_TARGET_DEVICE": "cpu"},
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchInputs:
+    """Everything an engine's command line depends on."""
+
+    engine: Engine
+    model_dir: str
+    served_model_name: str
+    precision: Precision
+    online_quantization: bool  # fp8 from a bf16/fp16 checkpoint (vLLM/SGLang --quantization fp8)
+    tensor_parallel_size: int
+    target: Target
+    max_model_len: int
+    min_concurrency: int
+    gpu_memory_utilization: float
+    # Fractions of GPU memory in each engine's own terms (see engine_memory_fractions).
+    trtllm_kv_cache_free_fraction: float = 0.9
+    sglang_mem_fraction_static: float = 0.85
+    cpu_kv_cache_space_gib: int = 1
+    extra_args: tuple[str, ...] = ()
+
+
+def max_num_seqs(target: Target, min_concurrency: int) -> int:
+    return max(MAX_NUM_SEQS[target], min_concurrency)
+
+
+def _fraction(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def engine_command(inputs: LaunchInputs) -> list[str]:
+    """The full argv of the engine's OpenAI-compatible server for one profile."""
+    seqs = str(max_num_seqs(inputs.target, inputs.min_concurrency))
+    tp = str(inputs.tensor_parallel_size)
+    dtype = _DTYPE_ARG.get(inputs.precision, "bfloat16")
+    if inputs.engine in ("vllm", "vllm-cpu"):
+        argv = [
+            "python3",
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            inputs.model_dir,
+            "--served-model-name",
+            inputs.served_model_name,
+            "--host",
+            "0.0.0.0",  # noqa: S104 - a server in a pod listens on the pod's address
+            "--port",
+            str(PORT),
+            "--max-model-len",
+            str(inputs.max_model_len),
+            "--max-num-seqs",
+            seqs,
+        ]
+        if inputs.engine == "vllm":
+            argv += [
+                "--tensor-parallel-size",
+                tp,
+                "--gpu-memory-utilization",
+                _fraction(inputs.gpu_memory_utilization),
+            ]
+            if inputs.precision in _DTYPE_ARG:
+                argv += ["--dtype", dtype]
+            if inputs.online_quantization:
+                argv += ["--quantization", inputs.precision]
+        else:
+            argv += ["--dtype", dtype]
+    elif inputs.engine == "trtllm":
+        argv = [
+            "trtllm-serve",
+            "serve",
+            inputs.model_dir,
+            "--host",
+            "0.0.0.0",  # noqa: S104 - trtllm-serve binds localhost unless told
+            "--port",
+            str(PORT),
+            "--backend",
+            "pytorch",
+            "--tp_size",
+            tp,
+            "--max_seq_len",
+            str(inputs.max_model_len),
+            "--max_batch_size",
+            seqs,
+            "--kv_cache_free_gpu_memory_fraction",
+            _fraction(inputs.trtllm_kv_cache_free_fraction),
+        ]
+    else:  # sglang
+        argv = [
+            "python3",
+            "-m",
+            "sglang.launch_server",
+            "--model-path",
+            inputs.model_dir,
+            "--served-model-name",
+            inputs.served_model_name,
+            "--host",
+            "0.0.0.0",  # noqa: S104 - SGLang binds 127.0.0.1 unless told
+            "--port",
+            str(PORT),
+            "--tp",
+            tp,
+            "--context-length",
+            str(inputs.max_model_len),
+            "--mem-fraction-static",
+            _fraction(inputs.sglang_mem_fraction_static),
+            "--max-running-requests",
+            seqs,
+            "--enable-metrics",
+        ]
+        if inputs.precision in _DTYPE_ARG:
+            argv += ["--dtype", dtype]
+        if inputs.online_quantization:
+            argv += ["--quantization", inputs.precision]
+    return argv + list(inputs.extra_args)
+
+
+def engine_env(inputs: LaunchInputs) -> dict[str, str]:
+    """Environment for the serving container (the CPU engine's KV space is an env var, in GiB)."""
+    env = dict(ENGINES[inputs.engine].env)
+    if inputs.engine == "vllm-cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(inputs.cpu_kv_cache_space_gib)
+    return env
+
+
+def shm_size_bytes(engine: Engine, tensor_parallel_size: int) -> int:
+    return SHM_BYTES_MULTI_GPU if engine != "vllm-cpu" and tensor_parallel_size > 1 else SHM_BYTES_SINGLE
+
+
+def trtllm_kv_cache_free_fraction(
+    gpu_memory_bytes: int,
+    gpu_memory_utilization: float,
+    weight_bytes_per_gpu: int,
+    overhead_bytes_per_gpu: int,
+) -> float:
+    """trtllm-serve's KV fraction is a share of memory free *after* weights load; translate ours to it.
+
+    We want the KV pool to be what vLLM would get: utilization x total - weights - overhead.
+    Rounded down to two decimals and kept within [0.05, 0.95].
+    """
+    free_after_weights = gpu_memory_bytes - weight_bytes_per_gpu - overhead_bytes_per_gpu
+    if free_after_weights <= 0:
+        return 0.05
+    wanted = gpu_memory_bytes * gpu_memory_utilization - weight_bytes_per_gpu - overhead_bytes_per_gpu
+    return min(0.95, max(0.05, math.floor(100 * wanted / free_after_weights) / 100))
+
+
+def sglang_mem_fraction_static(
+    gpu_memory_bytes: int, gpu_memory_utilization: float, activation_and_graph_bytes: int
+) -> float:
+    """SGLang's static fraction covers weights and KV pool only; activations and graphs live outside it."""
+    wanted = gpu_memory_bytes * gpu_memory_utilization - activation_and_graph_bytes
+    return min(0.95, max(0.05, math.floor(100 * wanted / gpu_memory_bytes) / 100))
+
+
+def cpu_kv_cache_space_gib(kv_cache_bytes: int) -> int:
+    """VLLM_CPU_KVCACHE_SPACE (GiB, integer): the KV budget rounded down, at least 1."""
+    return max(1, kv_cache_bytes // GIB)

@@ -1,0 +1,236 @@
+"""Memory math: how many bytes a model needs on each GPU for weights, KV cache and the engine.
+
+The formula (per GPU, under tensor parallelism `tp`):
+
+    required = ceil(weight_bytes(precision) / tp)
+             + kv_bytes_per_token_per_gpu(tp) x max_model_len x min_concurrency
+             + activation_bytes(tp) + CUDA_GRAPH_BYTES + ENGINE_RESERVE_BYTES
+    available = gpu memory x gpu_memory_utilization
+
+`required <= available` is the feasibility test; what is left after weights and overheads is
+the KV cache the engine will allocate, which gives the token capacity and concurrency.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from inferator.api.inferenceservice import Precision
+from inferator.api.modelcache import ModelFacts
+
+GIB = 2**30
+MIB = 2**20
+
+BYTES_PER_PARAM: dict[str, float] = {
+    "fp32": 4,
+    "bf16": 2,
+    "fp16": 2,
+    "fp8": 1,
+    "int8": 1,
+    "int4": 0.5,
+    "fp4": 0.5,
+}
+
+# Hugging Face `torch_dtype` spellings -> our precision names.
+DTYPE_PRECISION: dict[str, Precision] = {
+    "bfloat16": "bf16",
+    "bf16": "bf16",
+    "float16": "fp16",
+    "fp16": "fp16",
+    "half": "fp16",
+    "float32": "fp32",
+    "fp32": "fp32",
+    "float": "fp32",
+}
+
+# The engine's own memory outside weights and KV cache, per GPU. vLLM measures these at start
+# (profile run + graph capture) and subtracts them from gpu_memory_utilization x total; we
+# budget the same things so a profile that fits here does not fail there.
+# CUDA context, cuBLAS/NCCL workspaces and allocator slack; vLLM's startup log reports this as
+# "non-torch memory", typically 0.5-1.5 GiB on a data-centre GPU.
+ENGINE_RESERVE_BYTES = 1 * GIB
+# CUDA graph capture; vLLM's log line "Graph capturing finished ... took N GiB" is typically
+# 0.2-1.0 GiB for dense models up to 70B. Not captured on CPU.
+CUDA_GRAPH_BYTES = GIB // 2
+# Tokens in one profiling forward pass: vLLM's default max_num_batched_tokens for the
+# OpenAI server with chunked prefill (vllm/engine/arg_utils.py, UsageContext.OPENAI_API_SERVER).
+ACTIVATION_TOKENS = 8192
+# Live tensors per token in that pass, as multiples of hidden (residual, normed input, attention
+# output, q/k/v) and of the per-GPU MLP width (gate and up projections): an upper bound on
+# what the profile run allocates at its peak.
+ACTIVATION_HIDDEN_MULTIPLE = 6
+ACTIVATION_MLP_MULTIPLE = 2
+# Logits of one batch of sequences in fp32 (the sampler upcasts): vLLM's default max_num_seqs.
+LOGITS_SEQUENCES = 256
+# The CPU engine: Python, torch and the tokenizer in the server process.
+CPU_ENGINE_RESERVE_BYTES = 2 * GIB
+
+
+def precision_of_dtype(dtype: str) -> Precision:
+    """Our precision name for a checkpoint's `torch_dtype`; unknown spellings count as bf16."""
+    return DTYPE_PRECISION.get(dtype.lower().removeprefix("torch."), "bf16")
+
+
+def quantized_precision(facts: ModelFacts) -> tuple[Precision | None, str]:
+    """The precision a pre-quantised checkpoint is fixed to, or (None, reason) when unsupported."""
+    q = facts.quantization
+    if q is None:
+        return None, ""
+    method = q.method.lower()
+    if "fp4" in method or method in ("mxfp4", "modelopt_fp4"):
+        return "fp4", ""
+    if "fp8" in method or (method == "modelopt" and q.bits in (None, 8)):
+        return "fp8", ""
+    if q.bits == 4 or (
+        q.bits is None and method in ("awq", "awq_marlin", "gptq", "gptq_marlin", "bitsandbytes")
+    ):
+        return "int4", ""
+    if q.bits == 8:
+        return "int8", ""
+    return None, f"quantization method {q.method!r} with {q.bits} bits is not supported by any engine profile"
+
+
+def embedding_parameters(facts: ModelFacts) -> int:
+    """Input embedding plus LM head parameters (both vocab x hidden); online FP8 leaves them unquantised."""
+    if facts.vocab_size is None:
+        return 0
+    return min(facts.parameter_count, 2 * facts.vocab_size * facts.hidden_size)
+
+
+def weight_bytes(facts: ModelFacts, precision: Precision) -> int:
+    """Bytes of weights the engine holds for the whole model at `precision` (before sharding).
+
+    The checkpoint's own precision (native or pre-quantised) is exact: `facts.weight_bytes`
+    from the safetensors headers, which covers MoE experts and every other tensor. Casting
+    fp32 -> bf16/fp16 halves it. Online quantisation to fp8 (vLLM `--quantization fp8`)
+    quantises the linear layers only: embeddings and LM head stay in the native dtype.
+    """
+    native: Precision = precision_of_dtype(facts.dtype)
+    pre_quantised, _ = quantized_precision(facts)
+    if pre_quantised is not None or precision == native:
+        return facts.weight_bytes
+    native_bytes = BYTES_PER_PARAM[native]
+    target_bytes = BYTES_PER_PARAM[precision]
+    if target_bytes >= native_bytes:
+        # A cast up (bf16 checkpoint served as fp32) or sideways (bf16 -> fp16).
+        return math.ceil(facts.weight_bytes * target_bytes / native_bytes)
+    embed = embedding_parameters(facts)
+    # Bytes per parameter from the checkpoint itself (covers tensors outside parameter_count).
+    params = max(facts.parameter_count, 1)
+    kept_dtype_bytes = min(native_bytes, 2)  # a cast down from fp32 keeps embeddings in bf16
+    linear_params = max(params - embed, 0)
+    return math.ceil(linear_params * target_bytes + embed * kept_dtype_bytes)
+
+
+def kv_heads_per_gpu(facts: ModelFacts, tensor_parallel_size: int) -> int:
+    """vLLM shards KV heads across TP ranks and replicates them when TP exceeds their number."""
+    return max(1, facts.num_key_value_heads // tensor_parallel_size)
+
+
+def kv_bytes_per_token(facts: ModelFacts, kv_dtype_bytes: int = 2) -> int:
+    """KV cache of one token for the whole model: 2 (K and V) x layers x KV heads x head_dim x dtype bytes."""
+    return 2 * facts.num_layers * facts.num_key_value_heads * facts.head_dim * kv_dtype_bytes
+
+
+def kv_bytes_per_token_per_gpu(facts: ModelFacts, tensor_parallel_size: int, kv_dtype_bytes: int = 2) -> int:
+    """KV cache of one token on each GPU (heads replicated when TP exceeds the KV heads)."""
+    heads = kv_heads_per_gpu(facts, tensor_parallel_size)
+    return 2 * facts.num_layers * heads * facts.head_dim * kv_dtype_bytes
+
+
+def activation_bytes(facts: ModelFacts, tensor_parallel_size: int, dtype_bytes: int = 2) -> int:
+    """Peak activation memory of the engine's profiling pass on each GPU (see the constants above)."""
+    intermediate = facts.intermediate_size or 4 * facts.hidden_size
+    mlp_width = math.ceil(intermediate / tensor_parallel_size)
+    if facts.num_experts_per_token:
+        mlp_width *= facts.num_experts_per_token
+    per_token = ACTIVATION_HIDDEN_MULTIPLE * facts.hidden_size + ACTIVATION_MLP_MULTIPLE * mlp_width
+    logits = LOGITS_SEQUENCES * (facts.vocab_size or 0) * 4
+    return ACTIVATION_TOKENS * per_token * dtype_bytes + logits
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPlan:
+    """Bytes per device (GPU, or the node for CPU profiles) for one candidate."""
+
+    weight_bytes_per_gpu: int
+    kv_bytes_per_token_per_gpu: int
+    kv_required_bytes_per_gpu: int
+    overhead_bytes_per_gpu: int
+    available_bytes_per_gpu: int
+
+    @property
+    def required_bytes_per_gpu(self) -> int:
+        return self.weight_bytes_per_gpu + self.kv_required_bytes_per_gpu + self.overhead_bytes_per_gpu
+
+    @property
+    def fits(self) -> bool:
+        return self.required_bytes_per_gpu <= self.available_bytes_per_gpu
+
+    @property
+    def kv_cache_bytes_per_gpu(self) -> int:
+        """What the engine will allocate for KV: all the budget left after weights and overheads."""
+        return max(0, self.available_bytes_per_gpu - self.weight_bytes_per_gpu - self.overhead_bytes_per_gpu)
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        return self.kv_cache_bytes_per_gpu // max(1, self.kv_bytes_per_token_per_gpu)
+
+    def max_model_len_that_fits(self, min_concurrency: int) -> int:
+        """The longest context for which `min_concurrency` sequences fit in the KV budget."""
+        return self.kv_cache_tokens // max(1, min_concurrency)
+
+
+def plan_gpu_memory(
+    facts: ModelFacts,
+    precision: Precision,
+    tensor_parallel_size: int,
+    max_model_len: int,
+    min_concurrency: int,
+    gpu_memory_bytes: int,
+    gpu_memory_utilization: float,
+    extra_reserve_bytes: int = 0,
+) -> MemoryPlan:
+    """The memory plan of one GPU of a `tensor_parallel_size` profile."""
+    kv_dtype_bytes = 2  # KV cache in the activation dtype (vLLM --kv-cache-dtype auto), also with fp8 weights
+    per_token = kv_bytes_per_token_per_gpu(facts, tensor_parallel_size, kv_dtype_bytes)
+    overhead = (
+        activation_bytes(facts, tensor_parallel_size)
+        + CUDA_GRAPH_BYTES
+        + ENGINE_RESERVE_BYTES
+        + extra_reserve_bytes
+    )
+    return MemoryPlan(
+        weight_bytes_per_gpu=math.ceil(weight_bytes(facts, precision) / tensor_parallel_size),
+        kv_bytes_per_token_per_gpu=per_token,
+        kv_required_bytes_per_gpu=per_token * max_model_len * min_concurrency,
+        overhead_bytes_per_gpu=overhead,
+        available_bytes_per_gpu=int(gpu_memory_bytes * gpu_memory_utilization),
+    )
+
+
+def plan_cpu_memory(
+    facts: ModelFacts,
+    precision: Precision,
+    max_model_len: int,
+    min_concurrency: int,
+    node_memory_bytes: int,
+    memory_utilization: float,
+    extra_reserve_bytes: int = 0,
+) -> MemoryPlan:
+    """The memory plan of a vLLM-CPU server: weights and KV cache in the node's allocatable memory."""
+    kv_dtype_bytes = int(BYTES_PER_PARAM[precision]) if precision in ("fp32", "bf16", "fp16") else 2
+    per_token = kv_bytes_per_token(facts, kv_dtype_bytes)
+    return MemoryPlan(
+        weight_bytes_per_gpu=weight_bytes(facts, precision),
+        kv_bytes_per_token_per_gpu=per_token,
+        kv_required_bytes_per_gpu=per_token * max_model_len * min_concurrency,
+        overhead_bytes_per_gpu=CPU_ENGINE_RESERVE_BYTES + extra_reserve_bytes,
+        available_bytes_per_gpu=int(node_memory_bytes * memory_utilization),
+    )
+
+
+def gib(value_bytes: int) -> str:
+    """Bytes as GiB with one decimal, the unit of every reason we print."""
+    return f"{value_bytes / GIB:.1f}"

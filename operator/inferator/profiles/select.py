@@ -1,0 +1,707 @@
+"""Profile selection: candidates x feasibility (with reasons in numbers) x ranking -> one ServingProfile.
+
+`select_profile` is pure: model facts, Node dicts, the InferenceService spec and the operator's
+settings in; a `Selection` out. "Nothing fits" is a normal answer (`Selection.failure`), not an
+exception, and carries the reason of every rejected candidate.
+
+A profile is named `<engine>-<gpu>-<precision>-tp<N>-<target>`, e.g. `vllm-h100-fp8-tp2-latency`;
+CPU profiles use `cpu` as the GPU part (`vllm-cpu-cpu-fp32-tp1-latency`), so every name splits
+the same way. The name does not include the pool's GPU count: a tp2 profile on H100 may run on
+any H100 node with two free GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from inferator.api.inferenceservice import (
+    Candidate,
+    Engine,
+    Estimates,
+    InferenceServiceSpec,
+    Precision,
+    Target,
+)
+from inferator.api.modelcache import ModelFacts
+from inferator.api.profile import ServingProfile
+from inferator.profiles import engines as eng
+from inferator.profiles.catalog import BUILTIN_CATALOG, GpuSpec, find_by_short_name_or_product
+from inferator.profiles.memory import (
+    GIB,
+    MIB,
+    MemoryPlan,
+    gib,
+    plan_cpu_memory,
+    plan_gpu_memory,
+    precision_of_dtype,
+    quantized_precision,
+)
+from inferator.profiles.pools import CPU_POOL_KEY, ExcludedNode, GpuPool, PoolScan, gpu_pools
+from inferator.profiles.settings import SelectionSettings
+
+TARGETS: tuple[Target, ...] = ("latency", "throughput")
+CONTEXT_STEP_TOKENS = (
+    256  # a shrunk context is rounded down to this (a multiple of every engine's block size)
+)
+DEFAULT_CONTEXT_TOKENS = 4096  # when config.json states no max_position_embeddings
+_NAME = re.compile(
+    r"^(?P<engine>vllm-cpu|vllm|trtllm|sglang)-(?P<gpu>.+)-(?P<precision>fp4|fp8|int8|int4|fp16|bf16|fp32)"
+    r"-tp(?P<tp>\d+)-(?P<target>latency|throughput)$"
+)
+# Precisions each engine serves from each kind of checkpoint (native = served as stored or cast).
+_TRTLLM_PRECISIONS = ("bf16", "fp16", "fp8", "fp4")
+
+
+def profile_name(engine: Engine, gpu_short_name: str, precision: Precision, tp: int, target: Target) -> str:
+    return f"{engine}-{gpu_short_name}-{precision}-tp{tp}-{target}"
+
+
+def parse_profile_name(name: str) -> dict[str, str] | None:
+    """Split a profile name into engine, gpu, precision, tp and target; None if it does not follow the scheme."""
+    match = _NAME.match(name)
+    return match.groupdict() if match else None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredCandidate:
+    """One (engine, precision, TP, target, pool) with its verdict, reason and memory plan."""
+
+    name: str
+    engine: Engine
+    precision: Precision
+    tensor_parallel_size: int
+    target: Target
+    pool: GpuPool
+    feasible: bool
+    reason: str
+    memory: MemoryPlan | None = None
+    max_model_len: int = 0
+    native: bool = True  # the device runs this precision natively (not emulated)
+    online_quantization: bool = False
+
+    def to_api(self) -> Candidate:
+        return Candidate(name=self.name, feasible=self.feasible, reason=f"{self.pool.key}: {self.reason}")
+
+    def estimates(self) -> Estimates | None:
+        if self.memory is None:
+            return None
+        m = self.memory
+        kv_bytes = m.kv_cache_bytes_per_gpu
+        kv_tokens = m.kv_cache_tokens
+        if self.engine == "vllm-cpu":
+            kv_bytes = eng.cpu_kv_cache_space_gib(m.kv_cache_bytes_per_gpu) * GIB
+            kv_tokens = kv_bytes // max(1, m.kv_bytes_per_token_per_gpu)
+        return Estimates(
+            weight_bytes_per_gpu=m.weight_bytes_per_gpu,
+            kv_cache_bytes_per_gpu=kv_bytes,
+            kv_cache_tokens=kv_tokens,
+            max_concurrent_sequences=kv_tokens // self.max_model_len if self.max_model_len else None,
+            required_bytes_per_gpu=m.required_bytes_per_gpu,
+            available_bytes_per_gpu=m.available_bytes_per_gpu,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NoCompatibleProfile:
+    """Why nothing was selected: a one-line message and every reason behind it."""
+
+    message: str
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The outcome of selection. `profile` is None exactly when `failure` is set.
+
+    candidates: every candidate, feasible ones in rank order first (the chosen one at index 0
+    when selection succeeded), then the rejected ones with their reasons.
+    """
+
+    profile: ServingProfile | None
+    failure: NoCompatibleProfile | None
+    pool: GpuPool | None
+    estimates: Estimates | None
+    max_model_len: int | None
+    candidates: tuple[ScoredCandidate, ...]
+    node_selector: dict[str, str] = field(default_factory=dict)
+    node_affinity: dict[str, Any] = field(default_factory=dict)
+    tolerations: tuple[dict[str, str], ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    shm_size_bytes: int = 0
+    gpu_request: int = 0
+    readiness_path: str = "/v1/models"
+    pools: tuple[GpuPool, ...] = ()
+    excluded_nodes: tuple[ExcludedNode, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.profile is not None
+
+    @property
+    def chosen(self) -> ScoredCandidate | None:
+        return self.candidates[0] if self.ok else None
+
+    def status_candidates(self, limit: int = 10) -> list[Candidate]:
+        """The first `limit` candidates as the API's Candidate (chosen first, then the rest by rank)."""
+        return [c.to_api() for c in self.candidates[:limit]]
+
+    @property
+    def message(self) -> str:
+        if self.failure is not None:
+            return self.failure.message
+        chosen = self.chosen
+        assert chosen is not None and self.profile is not None
+        return f"selected {self.profile.name} on pool {chosen.pool.key}: {chosen.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Constraints:
+    engines: frozenset[str] | None
+    precisions: frozenset[str] | None
+    tps: frozenset[int] | None
+    gpu_products: frozenset[str] | None
+
+
+def _constraints(spec: InferenceServiceSpec, catalog: Mapping[str, GpuSpec] | None) -> _Constraints:
+    sel = spec.selector
+    if spec.profile or sel is None:
+        return _Constraints(None, None, None, None)
+    cat = BUILTIN_CATALOG if catalog is None else catalog
+    return _Constraints(
+        engines=frozenset(sel.engines) or None,
+        precisions=frozenset(sel.precisions) or None,
+        tps=frozenset(sel.tensor_parallel_sizes) or None,
+        gpu_products=frozenset(find_by_short_name_or_product(p, cat) for p in sel.gpu_products) or None,
+    )
+
+
+def _selector_reason(c: _Constraints, engine: str, precision: str, tp: int, pool: GpuPool) -> str:
+    if c.engines is not None and engine not in c.engines:
+        return f"engine {engine} not allowed by selector.engines {sorted(c.engines)}"
+    if c.precisions is not None and precision not in c.precisions:
+        return f"precision {precision} not allowed by selector.precisions {sorted(c.precisions)}"
+    if c.tps is not None and tp not in c.tps:
+        return f"tp{tp} not allowed by selector.tensorParallelSizes {sorted(c.tps)}"
+    if c.gpu_products is not None and (pool.gpu is None or pool.gpu.product not in c.gpu_products):
+        return f"GPU {pool.display_name} not allowed by selector.gpuProducts {sorted(c.gpu_products)}"
+    return ""
+
+
+def _gpu_precisions(facts: ModelFacts) -> tuple[list[tuple[Precision, bool]], str]:
+    """(precision, online quantisation) pairs the checkpoint can be served in, or a reason it cannot."""
+    pre, reason = quantized_precision(facts)
+    if reason:
+        return [], reason
+    if pre is not None:
+        return [(pre, False)], ""
+    native = precision_of_dtype(facts.dtype)
+    base: Precision = "fp16" if native == "fp16" else "bf16"
+    return [(base, False), ("fp8", True)], ""
+
+
+def _precision_verdict(
+    engine: Engine, precision: Precision, online: bool, gpu: GpuSpec, facts: ModelFacts
+) -> tuple[str, bool]:
+    """('' or the reason this engine cannot run this precision on this GPU, natively supported?)."""
+    cc = f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}"
+    if precision == "bf16" and not gpu.supports_bf16:
+        return (
+            f"bf16 needs compute capability 8.0+, {gpu.display_name} has {cc} (fp16 would change numerics)",
+            False,
+        )
+    if precision == "fp4" and not gpu.supports_fp4:
+        return f"fp4 needs compute capability 10.0+ (Blackwell), {gpu.display_name} has {cc}", False
+    if precision == "fp8" and not gpu.supports_fp8:
+        if engine == "vllm" and gpu.supports_bf16:
+            return "", False  # FP8 weight-only (Marlin) kernels on Ampere: works, slower than native
+        return f"fp8 needs compute capability 8.9+, {gpu.display_name} has {cc}", False
+    if precision in ("int4", "int8") and gpu.compute_capability < (7, 5):
+        return f"{precision} kernels need compute capability 7.5+, {gpu.display_name} has {cc}", False
+    if engine == "trtllm":
+        if online:
+            return (
+                "trtllm-serve does not quantise at load: it needs an FP8-quantised checkpoint (ModelOpt)",
+                True,
+            )
+        if precision not in _TRTLLM_PRECISIONS:
+            method = facts.quantization.method if facts.quantization else precision
+            return (
+                f"trtllm-serve profiles cover bf16/fp16/fp8/fp4 checkpoints, this one is {precision} ({method})",
+                True,
+            )
+    if precision == "fp4" and engine == "sglang":
+        return "SGLang profiles do not cover fp4 checkpoints", True
+    return "", True
+
+
+def _tp_reason(facts: ModelFacts, tp: int, pool: GpuPool) -> str:
+    if pool.gpu is not None and pool.gpu.mig_slice and tp > 1:
+        return f"tp{tp}: MIG slices cannot be combined for tensor parallelism"
+    if facts.num_attention_heads % tp:
+        return f"tp{tp}: {facts.num_attention_heads} attention heads are not divisible by {tp}"
+    kv = facts.num_key_value_heads
+    if kv % tp and tp % kv:
+        return f"tp{tp}: {kv} KV heads neither divide by {tp} nor divide it"
+    return ""
+
+
+def _round_context(tokens: int) -> int:
+    return tokens - tokens % CONTEXT_STEP_TOKENS if tokens >= CONTEXT_STEP_TOKENS else tokens
+
+
+def _memory_verdict(
+    plan_at: Any,
+    model_max: int,
+    requested_len: int | None,
+    min_concurrency: int,
+    min_auto_len: int,
+    tp: int,
+    offers: str,
+    util: float,
+) -> tuple[bool, str, MemoryPlan, int]:
+    """Fit the KV for the context; when the context is not pinned, shrink it to what fits (not below min_auto_len)."""
+    length = requested_len or model_max
+    plan: MemoryPlan = plan_at(length)
+    if plan.fits:
+        return True, _fit_reason(plan, length, min_concurrency, ""), plan, length
+    if requested_len is None:
+        floor = min(min_auto_len, model_max)
+        shrunk = _round_context(min(model_max, plan.max_model_len_that_fits(min_concurrency)))
+        if shrunk >= floor:
+            plan = plan_at(shrunk)
+            if plan.fits:
+                note = f"; context shrunk from {model_max} to {shrunk} tokens to fit (set serving.maxModelLen to pin)"
+                return True, _fit_reason(plan, shrunk, min_concurrency, note), plan, shrunk
+        length = floor
+        plan = plan_at(length)
+    reason = (
+        f"tp{tp}: needs {gib(plan.required_bytes_per_gpu)} GiB per {'GPU' if offers != 'CPU' else 'node'} "
+        f"(weights {gib(plan.weight_bytes_per_gpu)} + KV {gib(plan.kv_required_bytes_per_gpu)} for "
+        f"{length} tokens x {min_concurrency} + overhead {gib(plan.overhead_bytes_per_gpu)}), "
+        f"{offers} offers {gib(plan.available_bytes_per_gpu)} (x {util:.2f})"
+    )
+    return False, reason, plan, length
+
+
+def _fit_reason(plan: MemoryPlan, length: int, min_concurrency: int, note: str) -> str:
+    return (
+        f"fits: {gib(plan.required_bytes_per_gpu)} of {gib(plan.available_bytes_per_gpu)} GiB "
+        f"(weights {gib(plan.weight_bytes_per_gpu)} + KV {gib(plan.kv_required_bytes_per_gpu)} for {length} tokens "
+        f"x {min_concurrency} + overhead {gib(plan.overhead_bytes_per_gpu)}); KV room for "
+        f"{plan.kv_cache_tokens} tokens{note}"
+    )
+
+
+def score_candidates(
+    facts: ModelFacts,
+    pools: Sequence[GpuPool],
+    spec: InferenceServiceSpec,
+    settings: SelectionSettings,
+    catalog: Mapping[str, GpuSpec] | None = None,
+) -> tuple[list[ScoredCandidate], list[str]]:
+    """Every candidate on every pool with its verdict, plus reasons that apply to all of them."""
+    serving = spec.serving
+    model_max = facts.max_position_embeddings or DEFAULT_CONTEXT_TOKENS
+    requested = serving.max_model_len
+    if requested is not None and requested > model_max:
+        return [], [
+            f"serving.maxModelLen {requested} exceeds the model's maximum context of {model_max} tokens "
+            "(max_position_embeddings); lower it"
+        ]
+    gpu_precisions, global_reason = _gpu_precisions(facts)
+    if global_reason:
+        return [], [global_reason]
+    constraints = _constraints(spec, catalog)
+    enabled = [e for e in settings.engine_order if e in settings.engines] + [
+        e for e in settings.engines if e not in settings.engine_order
+    ]
+    reserve = settings.extra_reserve_mib * MIB
+    util = serving.gpu_memory_utilization
+    conc = serving.min_concurrency
+    out: list[ScoredCandidate] = []
+    memo: dict[tuple[str, int, int], tuple[bool, str, MemoryPlan, int]] = {}
+    for pool in pools:
+        gpu = pool.gpu
+        if gpu is None:
+            if "vllm-cpu" not in enabled:
+                continue
+            out.extend(_cpu_candidates(facts, pool, settings, constraints, model_max, requested, conc))
+            continue
+        gpu_bytes = gpu.memory_mib * MIB
+        offers = gpu.display_name
+        tps = [tp for tp in sorted(set(settings.tensor_parallel_sizes)) if tp <= pool.gpus_per_node]
+        for engine in enabled:
+            if engine == "vllm-cpu":
+                continue
+            for precision, online in gpu_precisions:
+                prec_reason, native = _precision_verdict(engine, precision, online, gpu, facts)
+                for tp in tps:
+                    tp_reason = _tp_reason(facts, tp, pool)
+                    verdict: tuple[bool, str, MemoryPlan | None, int]
+                    if prec_reason or tp_reason:
+                        verdict = (False, tp_reason or prec_reason, None, 0)
+                    else:
+                        key = (precision, tp, gpu.memory_mib)
+                        if key not in memo:
+
+                            def plan_at(
+                                length: int, p: Precision = precision, t: int = tp, total: int = gpu_bytes
+                            ) -> MemoryPlan:
+                                return plan_gpu_memory(facts, p, t, length, conc, total, util, reserve)
+
+                            memo[key] = _memory_verdict(
+                                plan_at,
+                                model_max,
+                                requested,
+                                conc,
+                                settings.min_auto_model_len,
+                                tp,
+                                offers,
+                                util,
+                            )
+                        verdict = memo[key]
+                    fits, reason, plan, length = verdict
+                    for target in TARGETS:
+                        name = profile_name(engine, gpu.short_name, precision, tp, target)
+                        excluded = _selector_reason(constraints, engine, precision, tp, pool)
+                        out.append(
+                            ScoredCandidate(
+                                name=name,
+                                engine=engine,
+                                precision=precision,
+                                tensor_parallel_size=tp,
+                                target=target,
+                                pool=pool,
+                                feasible=fits and not excluded,
+                                reason=excluded or reason,
+                                memory=plan,
+                                max_model_len=length,
+                                native=native,
+                                online_quantization=online,
+                            )
+                        )
+    return out, []
+
+
+def _cpu_candidates(
+    facts: ModelFacts,
+    pool: GpuPool,
+    settings: SelectionSettings,
+    constraints: _Constraints,
+    model_max: int,
+    requested: int | None,
+    conc: int,
+) -> list[ScoredCandidate]:
+    out = []
+    native = precision_of_dtype(facts.dtype)
+    precisions: list[Precision] = ["fp32"]
+    if native == "bf16" and pool.cpu_bf16:
+        precisions.insert(0, "bf16")
+    for precision in precisions:
+        if facts.quantization is not None:
+            verdict: tuple[bool, str, MemoryPlan | None, int] = (
+                False,
+                f"vLLM's CPU backend profiles cover unquantised checkpoints, this one is {facts.quantization.method}",
+                None,
+                0,
+            )
+        elif pool.memory_bytes_per_node <= 0:
+            verdict = (False, "the CPU nodes report no allocatable memory", None, 0)
+        else:
+
+            def plan_at(length: int, p: Precision = precision) -> MemoryPlan:
+                return plan_cpu_memory(
+                    facts,
+                    p,
+                    length,
+                    conc,
+                    pool.memory_bytes_per_node,
+                    settings.cpu_memory_utilization,
+                    settings.extra_reserve_mib * MIB,
+                )
+
+            verdict = _memory_verdict(
+                plan_at,
+                model_max,
+                requested,
+                conc,
+                settings.min_auto_model_len,
+                1,
+                "CPU",
+                settings.cpu_memory_utilization,
+            )
+        fits, reason, plan, length = verdict
+        for target in TARGETS:
+            excluded = _selector_reason(constraints, "vllm-cpu", precision, 1, pool)
+            out.append(
+                ScoredCandidate(
+                    name=profile_name("vllm-cpu", CPU_POOL_KEY, precision, 1, target),
+                    engine="vllm-cpu",
+                    precision=precision,
+                    tensor_parallel_size=1,
+                    target=target,
+                    pool=pool,
+                    feasible=fits and not excluded,
+                    reason=excluded or reason,
+                    memory=plan,
+                    max_model_len=length,
+                    native=True,
+                )
+            )
+    return out
+
+
+def rank_key(
+    candidate: ScoredCandidate, settings: SelectionSettings, preferred_target: Target
+) -> tuple[Any, ...]:
+    """The sort key of a candidate under `settings.ranking` (see SelectionSettings)."""
+    parts: list[Any] = []
+    for key in settings.ranking:
+        if key == "device":
+            parts.append(0 if candidate.pool.gpu is not None else 1)
+        elif key == "target":
+            parts.append(0 if candidate.target == preferred_target else 1)
+        elif key == "precision":
+            order = settings.precision_order
+            index = order.index(candidate.precision) if candidate.precision in order else len(order)
+            parts.append((0 if candidate.native else 1, index))
+        elif key == "engine":
+            order_e = settings.engine_order
+            parts.append(order_e.index(candidate.engine) if candidate.engine in order_e else len(order_e))
+        elif key == "tensor_parallel":
+            tp = candidate.tensor_parallel_size
+            parts.append(-tp if candidate.target == "latency" else tp)
+        elif key == "bandwidth":
+            parts.append(-(candidate.pool.gpu.memory_bandwidth_gb_per_s if candidate.pool.gpu else 0))
+        elif key == "name":
+            parts.append(candidate.name)
+    parts.append((candidate.name, candidate.pool.key))  # always total
+    return tuple(parts)
+
+
+def rank_candidates(
+    candidates: Iterable[ScoredCandidate], settings: SelectionSettings, preferred_target: Target = "latency"
+) -> list[ScoredCandidate]:
+    """Feasible candidates in rank order, then infeasible ones in the same order."""
+    return sorted(candidates, key=lambda c: (not c.feasible, rank_key(c, settings, preferred_target)))
+
+
+def _explain_missing_pin(
+    pin: str, candidates: Sequence[ScoredCandidate], pools: Sequence[GpuPool], settings: SelectionSettings
+) -> str:
+    parts = parse_profile_name(pin)
+    if parts is None:
+        return (
+            f"profile {pin!r} does not follow <engine>-<gpu>-<precision>-tp<N>-<target> "
+            "(e.g. vllm-h100-fp8-tp2-latency)"
+        )
+    if parts["engine"] not in settings.engines:
+        return f"profile {pin!r}: engine {parts['engine']} is not enabled in the operator (enabled: {settings.engines})"
+    shorts = sorted({p.gpu.short_name if p.gpu else CPU_POOL_KEY for p in pools})
+    if parts["gpu"] not in shorts:
+        return f"profile {pin!r}: no schedulable pool has GPU {parts['gpu']!r} (pools: {', '.join(shorts) or 'none'})"
+    same_pool = [p for p in pools if (p.gpu.short_name if p.gpu else CPU_POOL_KEY) == parts["gpu"]]
+    most = max(p.gpus_per_node for p in same_pool)
+    if int(parts["tp"]) > max(most, 1):
+        return f"profile {pin!r}: tp{parts['tp']} needs {parts['tp']} GPUs on one node, the largest {parts['gpu']} node has {most}"
+    names = sorted({c.name for c in candidates if c.feasible})[:5]
+    return f"profile {pin!r} is not a candidate for this model on these nodes; feasible ones include: {', '.join(names) or 'none'}"
+
+
+def _failure(
+    message: str,
+    reasons: Iterable[str],
+    ranked: Sequence[ScoredCandidate],
+    scan: PoolScan,
+    max_len: int | None = None,
+) -> Selection:
+    return Selection(
+        profile=None,
+        failure=NoCompatibleProfile(message, tuple(reasons)),
+        pool=None,
+        estimates=None,
+        max_model_len=max_len,
+        candidates=tuple(ranked),
+        pools=scan.pools,
+        excluded_nodes=scan.excluded,
+    )
+
+
+def pools_for_spec(
+    nodes: Iterable[Mapping[str, Any]],
+    spec: InferenceServiceSpec,
+    settings: SelectionSettings | None = None,
+    catalog: Mapping[str, GpuSpec] | None = None,
+) -> PoolScan:
+    """The pools a service may use: `gpu_pools` with the spec's nodeSelector and tolerations applied."""
+    settings = settings or SelectionSettings()
+    sched = spec.scheduling
+    tolerations = (
+        [t.model_dump(by_alias=True, exclude_none=True) for t in (sched.tolerations or [])] if sched else []
+    )
+    return gpu_pools(
+        nodes,
+        catalog,
+        node_selector=sched.node_selector if sched else None,
+        tolerations=tolerations,
+        tolerated_taint_keys=settings.tolerated_taint_keys,
+    )
+
+
+def select_profile(
+    facts: ModelFacts,
+    nodes: Iterable[Mapping[str, Any]] | PoolScan,
+    spec: InferenceServiceSpec,
+    settings: SelectionSettings | None = None,
+    *,
+    catalog: Mapping[str, GpuSpec] | None = None,
+    served_model_name: str | None = None,
+) -> Selection:
+    """Select the serving profile for `facts` on `nodes` under `spec` and the operator's `settings`.
+
+    nodes: Node objects as dicts, or a PoolScan from `pools_for_spec` (to group nodes once and
+    reuse the scan across services; it is valid for every spec with the same `scheduling`).
+    catalog: the GPU catalog (built-in plus the operator ConfigMap, see `catalog_from_config`).
+    served_model_name: the name clients send when the spec sets none (e.g. the cache's model id);
+    falls back to the ModelCache's name.
+    """
+    settings = settings or SelectionSettings()
+    scan = nodes if isinstance(nodes, PoolScan) else pools_for_spec(nodes, spec, settings, catalog)
+    candidates, global_reasons = score_candidates(facts, scan.pools, spec, settings, catalog)
+    preferred: Target = (
+        spec.selector.optimize_for if spec.selector and spec.selector.optimize_for else "latency"
+    )
+    ranked = rank_candidates(candidates, settings, preferred)
+    if global_reasons:
+        return _failure(global_reasons[0], global_reasons, ranked, scan)
+    if not scan.pools:
+        reasons = [f"node {e.name}: {e.reason}" for e in scan.excluded] or ["no nodes"]
+        return _failure(
+            f"no schedulable node can serve a model ({len(scan.excluded)} nodes left out)",
+            reasons,
+            ranked,
+            scan,
+        )
+    if spec.profile:
+        same = [c for c in ranked if c.name == spec.profile]
+        chosen = next((c for c in same if c.feasible), None)
+        if chosen is None:
+            if same:
+                reasons = [f"{c.name} on {c.pool.key}: {c.reason}" for c in same]
+                message = f"pinned profile {spec.profile} does not fit: {same[0].reason}"
+            else:
+                message = _explain_missing_pin(spec.profile, ranked, scan.pools, settings)
+                reasons = [message]
+            return _failure(message, reasons, ranked, scan)
+        ordered = [chosen] + [c for c in ranked if c is not chosen]
+    else:
+        feasible = [c for c in ranked if c.feasible]
+        if not feasible:
+            reasons = [f"{c.name} on {c.pool.key}: {c.reason}" for c in ranked]
+            reasons += [f"node {e.name}: {e.reason}" for e in scan.excluded]
+            if not ranked:
+                reasons.insert(0, f"no enabled engine can run on the pools {[p.key for p in scan.pools]}")
+            closest = _closest(ranked)
+            message = f"no profile fits on {len(scan.pools)} pools ({len(ranked)} candidates rejected)"
+            if closest is not None:
+                message += f"; closest: {closest.name} on {closest.pool.key}: {closest.reason}"
+            return _failure(message, reasons, ranked, scan)
+        chosen = feasible[0]
+        ordered = ranked
+    return _build_selection(facts, chosen, ordered, spec, settings, scan, served_model_name)
+
+
+def _closest(candidates: Sequence[ScoredCandidate]) -> ScoredCandidate | None:
+    """The rejected candidate that came nearest to fitting in memory (for a one-line message)."""
+    with_memory = [c for c in candidates if c.memory is not None and c.memory.available_bytes_per_gpu > 0]
+    if not with_memory:
+        return candidates[0] if candidates else None
+    return min(
+        with_memory,
+        key=lambda c: (
+            c.memory.required_bytes_per_gpu / c.memory.available_bytes_per_gpu if c.memory else math.inf,
+            c.name,
+            c.pool.key,
+        ),
+    )
+
+
+def _build_selection(
+    facts: ModelFacts,
+    chosen: ScoredCandidate,
+    ordered: Sequence[ScoredCandidate],
+    spec: InferenceServiceSpec,
+    settings: SelectionSettings,
+    scan: PoolScan,
+    served_model_name: str | None,
+) -> Selection:
+    serving = spec.serving
+    pool = chosen.pool
+    plan = chosen.memory
+    assert plan is not None
+    served = serving.served_model_name or served_model_name or spec.model_cache_ref.name
+    gpu_bytes = pool.gpu.memory_mib * MIB if pool.gpu else pool.memory_bytes_per_node
+    overhead = plan.overhead_bytes_per_gpu
+    inputs = eng.LaunchInputs(
+        engine=chosen.engine,
+        model_dir=settings.model_dir,
+        served_model_name=served,
+        precision=chosen.precision,
+        online_quantization=chosen.online_quantization,
+        tensor_parallel_size=chosen.tensor_parallel_size,
+        target=chosen.target,
+        max_model_len=chosen.max_model_len,
+        min_concurrency=serving.min_concurrency,
+        gpu_memory_utilization=serving.gpu_memory_utilization,
+        trtllm_kv_cache_free_fraction=eng.trtllm_kv_cache_free_fraction(
+            gpu_bytes, serving.gpu_memory_utilization, plan.weight_bytes_per_gpu, overhead
+        ),
+        sglang_mem_fraction_static=eng.sglang_mem_fraction_static(
+            gpu_bytes, serving.gpu_memory_utilization, overhead
+        ),
+        cpu_kv_cache_space_gib=eng.cpu_kv_cache_space_gib(plan.kv_cache_bytes_per_gpu),
+        extra_args=tuple(serving.extra_args),
+    )
+    info = eng.ENGINES[chosen.engine]
+    gpu = pool.gpu
+    required_total = (
+        math.ceil(plan.required_bytes_per_gpu / serving.gpu_memory_utilization) if gpu is not None else 0
+    )
+    profile = ServingProfile(
+        name=chosen.name,
+        engine=chosen.engine,
+        precision=chosen.precision,
+        tensor_parallel_size=chosen.tensor_parallel_size,
+        target=chosen.target,
+        gpu_product=gpu.product if gpu else None,
+        gpu_short_name=gpu.short_name if gpu else None,
+        gpu_count=chosen.tensor_parallel_size if gpu else 0,
+        required_gpu_memory_bytes=required_total,
+        command=eng.engine_command(inputs),
+        served_model_name=served,
+        port=info.port,
+        health_path=info.health_path,
+        metrics_path=info.metrics_path,
+    )
+    tolerated = set(settings.tolerated_taint_keys)
+    return Selection(
+        profile=profile,
+        failure=None,
+        pool=pool,
+        estimates=chosen.estimates(),
+        max_model_len=chosen.max_model_len,
+        candidates=tuple(ordered),
+        node_selector=pool.node_selector(),
+        node_affinity=pool.node_affinity(),
+        tolerations=tuple(t.toleration() for t in pool.taints if t.key in tolerated),
+        env=eng.engine_env(inputs),
+        shm_size_bytes=eng.shm_size_bytes(chosen.engine, chosen.tensor_parallel_size),
+        gpu_request=profile.gpu_count,
+        readiness_path=info.readiness_path,
+        pools=scan.pools,
+        excluded_nodes=scan.excluded,
+    )
