@@ -23,6 +23,9 @@ class OperatorSettings(BaseModel):
             "vllm-cpu": f"{DEFAULT_REGISTRY}/runtime-vllm-cpu:{__version__}",
         }
     )
+    operator_namespace: str = "inferator-system"
+    # KEDA's Prometheus trigger reads engine metrics from here.
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     pvc_headroom_ratio: float = 0.10  # room for the manifest, partial files and a revision bump
     pvc_headroom_min_bytes: int = 1 << 30
 
@@ -30,6 +33,10 @@ class OperatorSettings(BaseModel):
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
         env = dict(os.environ) if env is None else env
         settings = cls()
+        if namespace := env.get("POD_NAMESPACE"):
+            settings.operator_namespace = namespace
+        if url := env.get("INFERATOR_PROMETHEUS_URL"):
+            settings.prometheus_url = url
         if image := env.get("INFERATOR_PREFETCH_IMAGE"):
             settings.prefetch_image = image
         for engine in list(settings.engine_images):

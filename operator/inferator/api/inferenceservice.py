@@ -154,6 +154,10 @@ class InferenceServiceStatus(ApiModel):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
     profile: str | None = None
+    profile_generation: int | None = Field(
+        default=None,
+        description="Generation the profile was selected for; a running profile is kept until the spec changes or it no longer fits.",
+    )
     pool: str | None = None
     estimates: Estimates | None = None
     candidates: list[Candidate] = Field(default_factory=list)

@@ -1,7 +1,14 @@
-"""InferenceService handlers."""
+"""InferenceService controller: cache → profile → children → readiness gate → status.
+
+Level-based: each run reads the cache, the nodes and the children, and converges. The
+running profile is kept until the spec changes or it no longer fits the nodes; children are
+written only when they differ from what is rendered, so a settled service costs no writes.
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
@@ -12,104 +19,295 @@ from inferator.api import (
     API_VERSION,
     InferenceServiceSpec,
     InferenceServiceStatus,
+    ModelCacheSpec,
     ModelCacheStatus,
 )
 from inferator.api.common import CONDITION_STATUS
 from inferator.api.conditions import get_condition, set_condition
+from inferator.api.profile import ServingProfile
+from inferator.controllers import children, kube
 from inferator.controllers.metrics import RECONCILE_SECONDS, RECONCILES
 from inferator.controllers.modelcache import validation_message
-from inferator.controllers.status import now_rfc3339, patch_status_if_changed
+from inferator.controllers.status import now_rfc3339
+from inferator.controllers.warmup import gate_condition, needs_warmup, warm_up
+from inferator.profiles.select import Selection, select_profile
+from inferator.render import inferenceservice as render
+from inferator.settings import OperatorSettings
 
 KIND = "InferenceService"
+OPTIONAL_CHILDREN = (
+    ("policy/v1", "PodDisruptionBudget"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+)
+_NODE_CACHE_TTL_S = 5.0
+_node_cache: dict[str, Any] = {"at": 0.0, "nodes": []}
 
 
-def _cache_status(namespace: str | None, name: str) -> tuple[bool, ModelCacheStatus | None]:
-    import kubernetes
+def list_nodes() -> list[dict[str, Any]]:
+    """Nodes, read at most every few seconds: a burst of services shares one LIST."""
+    if time.monotonic() - _node_cache["at"] > _NODE_CACHE_TTL_S:
+        _node_cache["nodes"] = kube.list_objects("v1", "Node", "", "")
+        _node_cache["at"] = time.monotonic()
+    return cast(list[dict[str, Any]], _node_cache["nodes"])
 
-    api = kubernetes.client.CustomObjectsApi()
+
+def crd_installed(group_version: str, kind: str) -> bool:
     try:
-        obj = api.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace or "", "modelcaches", name)
-    except kubernetes.client.ApiException as exc:
-        if exc.status == 404:
-            return False, None
-        raise kopf.TemporaryError(f"reading ModelCache {name}: {exc.reason}", delay=10) from exc
-    body = cast(dict[str, Any], obj)
-    return True, ModelCacheStatus.model_validate(body.get("status") or {})
+        kube.resource(group_version, kind)
+    except Exception:
+        return False
+    return True
+
+
+@dataclass
+class Conditions:
+    """The four conditions Argo CD health checks read, with a stable set of reasons."""
+
+    values: dict[str, tuple[CONDITION_STATUS, str, str]] = field(default_factory=dict)
+
+    def set(self, type_: str, status: CONDITION_STATUS, reason: str, message: str) -> None:
+        self.values[type_] = (status, reason, message)
+
+
+def _pods(namespace: str, name: str) -> list[dict[str, Any]]:
+    return kube.list_objects("v1", "Pod", namespace, f"{render.SERVICE_LABEL}={name}")
+
+
+def _refusal(pods: list[dict[str, Any]]) -> str | None:
+    """A serving container's own reason for exiting (the runtime writes it to its termination log)."""
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            for state in (cs.get("state") or {}, cs.get("lastState") or {}):
+                terminated = state.get("terminated")
+                if terminated and terminated.get("exitCode") and terminated.get("message"):
+                    return f"pod {pod['metadata']['name']}: {terminated['message'].strip()[:1000]}"
+    return None
+
+
+def _gate_pods(pods: list[dict[str, Any]], profile: ServingProfile) -> str | None:
+    """Warm up pods whose containers are ready; set the gate. Returns the last failure, if any."""
+    failure = None
+    for pod in pods:
+        if not needs_warmup(pod):
+            continue
+        ip = (pod.get("status") or {}).get("podIP")
+        if not ip:
+            continue
+        passed, message = warm_up(ip, profile.port, profile.served_model_name)
+        status = "True" if passed else "False"
+        current = gate_condition(pod)
+        if current is None or (current.get("status"), current.get("message")) != (status, message):
+            condition = {"type": render.READINESS_GATE, "status": status,
+                         "reason": "WarmupSucceeded" if passed else "WarmupFailed", "message": message,
+                         "lastTransitionTime": now_rfc3339()}  # fmt: skip
+            kube.patch_pod_status_conditions(
+                pod["metadata"]["name"], pod["metadata"]["namespace"], [condition]
+            )
+        if not passed:
+            failure = f"pod {pod['metadata']['name']}: {message}"
+    return failure
+
+
+def _select(
+    spec: InferenceServiceSpec, status: InferenceServiceStatus, generation: int, facts: Any, served: str
+) -> Selection:
+    nodes = list_nodes()
+    if status.profile and status.profile_generation == generation:
+        kept = select_profile(facts, nodes, spec.model_copy(update={"profile": status.profile, "selector": None}),
+                              served_model_name=served)  # fmt: skip
+        if kept.ok:
+            return kept
+    return select_profile(facts, nodes, spec, served_model_name=served)
+
+
+def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Converge one service; return the status fields it should have."""
+    generation = int(body["metadata"].get("generation") or 0)
+    status = InferenceServiceStatus.model_validate(body.get("status") or {})
+    conds = Conditions()
+    out: dict[str, Any] = {"observedGeneration": generation, "selector": f"{render.SERVICE_LABEL}={name}"}
+    try:
+        spec = InferenceServiceSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        conds.set("Ready", "False", "InvalidSpec", validation_message(exc))
+        return _finish(out, status, conds, "Failed", generation)
+
+    cache_name = spec.model_cache_ref.name
+    cache = kube.get(f"{API_GROUP}/{API_VERSION}", "ModelCache", cache_name, namespace)
+    cache_status = ModelCacheStatus.model_validate((cache or {}).get("status") or {})
+    cache_ready = get_condition(cache_status.conditions, "Ready")
+    if cache is None:
+        conds.set(
+            "CacheReady",
+            "False",
+            "CacheNotFound",
+            f"ModelCache {cache_name!r} does not exist in namespace {namespace!r}",
+        )
+    elif (
+        cache_ready is None
+        or cache_ready.status != "True"
+        or cache_status.model is None
+        or not cache_status.pvc_name
+    ):
+        why = f": {cache_ready.reason}: {cache_ready.message}" if cache_ready else ""
+        conds.set("CacheReady", "False", "CacheNotReady", f"ModelCache {cache_name!r} is not Ready yet{why}")
+    else:
+        conds.set(
+            "CacheReady",
+            "True",
+            "CacheReady",
+            f"ModelCache {cache_name!r} is Ready ({cache_status.resolved_revision or 'no revision'})",
+        )
+    if conds.values["CacheReady"][0] != "True":
+        conds.set("Ready", "False", "WaitingForCache", conds.values["CacheReady"][2])
+        return _finish(out, status, conds, "WaitingForCache", generation)
+    assert cache is not None and cache_status.model is not None and cache_status.pvc_name is not None
+
+    cache_spec = ModelCacheSpec.model_validate(cache["spec"])
+    selection = _select(spec, status, generation, cache_status.model, cache_name)
+    out["candidates"] = [c.to_k8s() for c in selection.status_candidates()]
+    if not selection.ok or selection.profile is None:
+        conds.set("ProfileSelected", "False", "NoCompatibleProfile", selection.message)
+        conds.set("Ready", "False", "NoCompatibleProfile", selection.message)
+        return _finish(out, status, conds, "NoCompatibleProfile", generation)
+    profile = selection.profile
+    conds.set("ProfileSelected", "True", "ProfileSelected", selection.message)
+    out |= {"profile": profile.name, "profileGeneration": generation,
+            "pool": selection.pool.key if selection.pool else None,
+            "estimates": selection.estimates.to_k8s() if selection.estimates else None,
+            "endpoint": render.endpoint(name, namespace, profile.port)}  # fmt: skip
+
+    inputs = render.ServingInputs(
+        name=name, namespace=namespace, spec=spec, selection=selection, pvc_name=cache_status.pvc_name,
+        ownership=cache_spec.ownership, settings=OperatorSettings.from_env(),
+        keda_installed=crd_installed("keda.sh/v1alpha1", "ScaledObject"),
+        servicemonitor_installed=crd_installed("monitoring.coreos.com/v1", "ServiceMonitor"),
+    )  # fmt: skip
+    try:
+        desired = render.render_children(inputs)
+    except render.UnsupportedSignal as exc:
+        conds.set("Ready", "False", "InvalidSpec", str(exc))
+        return _finish(out, status, conds, "Failed", generation)
+    owner = [kube.owner_reference(body)]
+    wanted = set()
+    for obj in desired:
+        obj["metadata"]["ownerReferences"] = owner
+        wanted.add((obj["apiVersion"], obj["kind"]))
+        children.ensure(obj, kube.get(obj["apiVersion"], obj["kind"], name, namespace))
+    for api_version, kind in OPTIONAL_CHILDREN:
+        stale = (api_version, kind) not in wanted and crd_installed(api_version, kind)
+        if stale and kube.get(api_version, kind, name, namespace) is not None:
+            kube.delete(api_version, kind, name, namespace)
+
+    deployment = kube.get("apps/v1", "Deployment", name, namespace) or {}
+    dstatus = deployment.get("status") or {}
+    replicas, ready = int(dstatus.get("replicas") or 0), int(dstatus.get("readyReplicas") or 0)
+    out |= {"replicas": replicas, "readyReplicas": ready}
+    available = next((c for c in dstatus.get("conditions") or [] if c["type"] == "Available"), None)
+    if available and available["status"] == "True":
+        conds.set("Available", "True", "MinimumReplicasAvailable", f"{ready}/{replicas} replicas ready")
+    else:
+        conds.set(
+            "Available",
+            "False",
+            "Deploying",
+            (available or {}).get("message") or "waiting for the Deployment",
+        )
+    pods = _pods(namespace, name)
+    warmup_failure = _gate_pods(pods, profile)
+    refusal = _refusal(pods)
+    desired_replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
+    if desired_replicas == 0 and replicas == 0:
+        conds.set("Ready", "True", "ScaledToZero", "no replicas requested")
+        phase = "Ready"
+    elif ready >= 1 and ready >= desired_replicas:
+        conds.set(
+            "Ready",
+            "True",
+            "Serving",
+            f"{ready}/{desired_replicas} replicas serve {profile.served_model_name} at {out['endpoint']}",
+        )
+        phase = "Ready"
+    elif refusal:
+        conds.set("Ready", "False", "RuntimeRefused", refusal)
+        phase = "Degraded"
+    elif warmup_failure:
+        conds.set("Ready", "False", "WarmupFailed", warmup_failure)
+        phase = "Deploying"
+    else:
+        conds.set("Ready", "False", "Deploying", f"{ready}/{desired_replicas} replicas ready")
+        phase = "Degraded" if ready >= 1 else "Deploying"
+    return _finish(out, status, conds, phase, generation)
+
+
+def _finish(
+    out: dict[str, Any], status: InferenceServiceStatus, conds: Conditions, phase: str, generation: int
+) -> dict[str, Any]:
+    now = now_rfc3339()
+    conditions = status.conditions
+    for type_, (st, reason, message) in conds.values.items():
+        conditions = set_condition(conditions, type_, st, reason, message, now=now, generation=generation)
+    out["phase"] = phase
+    out["conditions"] = [c.to_k8s() for c in conditions]
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _diff(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in desired.items() if current.get(k) != v}
+
+
+def _run(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    with RECONCILE_SECONDS.labels(KIND).time():
+        desired = reconcile(name, namespace, body)
+    RECONCILES.labels(KIND, desired.get("phase", "")).inc()
+    return _diff(body.get("status") or {}, desired)
+
+
+def _event_on_transition(body: kopf.Body, old_phase: str | None, changes: dict[str, Any]) -> None:
+    phase = changes.get("phase")
+    if phase and phase != old_phase:
+        ready: dict[str, Any] = next((c for c in changes.get("conditions", []) if c["type"] == "Ready"), {})
+        kopf.event(body, type="Warning" if phase in ("Failed", "Degraded", "NoCompatibleProfile") else "Normal",
+                   reason=ready.get("reason", phase), message=ready.get("message", phase)[:1024])  # fmt: skip
+
+
+def _not_settled(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
+    ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    return not (
+        ready.get("status") == "True"
+        and status.get("observedGeneration") == meta.get("generation")
+        and status.get("readyReplicas") == status.get("replicas")
+    )
 
 
 @kopf.on.resume(API_GROUP, API_VERSION, "inferenceservices")
 @kopf.on.create(API_GROUP, API_VERSION, "inferenceservices")
 @kopf.on.update(API_GROUP, API_VERSION, "inferenceservices", field="spec")
+@kopf.timer(API_GROUP, API_VERSION, "inferenceservices", interval=5, when=_not_settled)
 def reconcile_inferenceservice(
-    spec: kopf.Spec,
-    status: kopf.Status,
-    meta: kopf.Meta,
-    namespace: str | None,
-    patch: kopf.Patch,
-    logger: kopf.Logger,
-    **_: Any,
+    name: str, namespace: str | None, body: kopf.Body, patch: kopf.Patch, **_: Any
 ) -> None:
-    with RECONCILE_SECONDS.labels(KIND).time():
-        current = InferenceServiceStatus.model_validate(dict(status))
-        generation = meta.get("generation")
-        now = now_rfc3339()
-        try:
-            parsed = InferenceServiceSpec.model_validate(dict(spec))
-        except ValidationError as exc:
-            conditions = set_condition(
-                current.conditions,
-                "Ready",
-                "False",
-                "InvalidSpec",
-                validation_message(exc),
-                now=now,
-                generation=generation,
-            )
-            desired = current.model_copy(
-                update={"phase": "Failed", "conditions": conditions, "observed_generation": generation}
-            )
-            patch_status_if_changed(patch, dict(status), desired.to_k8s())
-            RECONCILES.labels(KIND, "invalid").inc()
-            return
-        cache_name = parsed.model_cache_ref.name
-        exists, cache = _cache_status(namespace, cache_name)
-        cache_ready = get_condition(cache.conditions, "Ready") if cache else None
-        cache_cond: tuple[CONDITION_STATUS, str, str]
-        if not exists:
-            cache_cond = (
-                "False",
-                "CacheNotFound",
-                f"ModelCache {cache_name!r} does not exist in namespace {namespace!r}",
-            )
-        elif cache_ready is None or cache_ready.status != "True":
-            why = f": {cache_ready.reason}: {cache_ready.message}" if cache_ready else ""
-            cache_cond = ("False", "CacheNotReady", f"ModelCache {cache_name!r} is not Ready yet{why}")
-        else:
-            cache_cond = ("True", "CacheReady", f"ModelCache {cache_name!r} is Ready")
-        conditions = set_condition(
-            current.conditions, "CacheReady", *cache_cond, now=now, generation=generation
-        )
-        if cache_cond[0] != "True":
-            conditions = set_condition(
-                conditions, "Ready", "False", "WaitingForCache", cache_cond[2], now=now, generation=generation
-            )
-            phase = "WaitingForCache"
-        else:
-            conditions = set_condition(
-                conditions,
-                "Ready",
-                "False",
-                "SelectionPending",
-                "profile selection has not run yet",
-                now=now,
-                generation=generation,
-            )
-            phase = "Pending"
-        desired = current.model_copy(
-            update={"phase": phase, "conditions": conditions, "observed_generation": generation}
-        )
-        patch_status_if_changed(patch, dict(status), desired.to_k8s())
-        RECONCILES.labels(KIND, "ok").inc()
-        if cache_cond[0] != "True":
-            # Level-based: look again later rather than trusting an event from the cache.
-            raise kopf.TemporaryError(cache_cond[2], delay=15)
+    raw = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": dict(body["metadata"]),
+           "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}  # fmt: skip
+    changes = _run(name, namespace or "", raw)
+    for key, value in changes.items():
+        patch.status[key] = value
+    _event_on_transition(body, raw["status"].get("phase"), changes)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={render.SERVICE_LABEL: kopf.PRESENT})
+@kopf.on.event("", "v1", "services", labels={render.SERVICE_LABEL: kopf.PRESENT})
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels={render.SERVICE_LABEL: kopf.PRESENT})
+def child_changed(type: str | None, labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
+    """A child moved (scaled, became ready, edited or deleted by hand): converge its owner now."""
+    if type is None:  # the initial listing: resume handles owners
+        return
+    owner_name = labels[render.SERVICE_LABEL]
+    owner = kube.get(f"{API_GROUP}/{API_VERSION}", KIND, owner_name, namespace or "")
+    if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return
+    changes = _run(owner_name, namespace or "", owner)
+    if changes:
+        kube.patch_status(f"{API_GROUP}/{API_VERSION}", KIND, owner_name, namespace or "", changes)

@@ -18,7 +18,11 @@ def _api_client() -> Any:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    return kubernetes.client.ApiClient()
+    from inferator import __version__
+
+    client = kubernetes.client.ApiClient()
+    client.user_agent = f"inferator/{__version__}"  # tells our requests apart in audit logs
+    return client
 
 
 @cache
@@ -86,3 +90,20 @@ def delete(api_version: str, kind: str, name: str, namespace: str) -> None:
 def list_objects(api_version: str, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
     result = resource(api_version, kind).get(namespace=namespace, label_selector=label_selector)
     return [dict(item.to_dict()) for item in result.items]
+
+
+def patch_status(api_version: str, kind: str, name: str, namespace: str, status: dict[str, Any]) -> None:
+    """Merge-patch the status subresource (only the keys given)."""
+    resource(api_version, kind).status.patch(
+        name=name, namespace=namespace, body={"status": status}, content_type="application/merge-patch+json"
+    )
+
+
+def patch_pod_status_conditions(name: str, namespace: str, conditions: list[dict[str, Any]]) -> None:
+    """Strategic merge on pod conditions: merged by type, so the kubelet's own conditions stay."""
+    resource("v1", "Pod").status.patch(
+        name=name,
+        namespace=namespace,
+        body={"status": {"conditions": conditions}},
+        content_type="application/strategic-merge-patch+json",
+    )

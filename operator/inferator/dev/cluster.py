@@ -117,6 +117,41 @@ class LocalCluster:
         return self.state_dir / "logs"
 
     @property
+    def audit_log(self) -> Path:
+        """Every write request (who, what, user agent), for tests that count writes."""
+        return self.logs / "audit.jsonl"
+
+    def _audit_policy(self) -> Path:
+        path = self.state_dir / "audit-policy.yaml"
+        policy = {
+            "apiVersion": "audit.k8s.io/v1",
+            "kind": "Policy",
+            "omitStages": ["RequestReceived"],
+            "rules": [
+                {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+                {"level": "None"},
+            ],
+        }
+        path.write_text(yaml.safe_dump(policy))
+        return path
+
+    def write_requests(self, since: float, user_agent_prefix: str) -> list[dict[str, Any]]:
+        """Audit events of write requests after `since` (epoch seconds) from one client."""
+        import datetime
+
+        if not self.audit_log.exists():
+            return []
+        found = []
+        for line in self.audit_log.read_text().splitlines():
+            event = json.loads(line)
+            if not event.get("userAgent", "").startswith(user_agent_prefix):
+                continue
+            stamp = datetime.datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+            if stamp >= since:
+                found.append(event)
+        return found
+
+    @property
     def pki(self) -> Pki:
         return Pki(self.state_dir / "pki")
 
@@ -153,6 +188,8 @@ class LocalCluster:
                 "--authorization-mode=Node,RBAC", "--allow-privileged=true",
                 "--enable-admission-plugins=ExtendedResourceToleration",
                 "--max-requests-inflight=1000", "--max-mutating-requests-inflight=500",
+                f"--audit-policy-file={self._audit_policy()}", f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json", "--audit-log-maxsize=200",
                 "--profiling=false", "--v=1",
             ]  # fmt: skip
         kcfg = str(self.state_dir / f"{component}.kubeconfig")
@@ -182,7 +219,9 @@ class LocalCluster:
             return [
                 str(bin_("kwok")), f"--kubeconfig={kcfg}", f"--config={toolchain.kwok_stages_path()}",
                 "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                "--cidr=10.0.0.1/16", "--node-ip=10.0.0.1", "--node-lease-duration-seconds=40",
+                # Pod and node IPs on loopback: anything that dials a simulated pod (the
+                # operator's warm-up) reaches this machine only, and is refused at once.
+                "--cidr=127.100.0.1/16", "--node-ip=127.0.0.1", "--node-lease-duration-seconds=40",
                 f"--node-port={p['kwok']}", "--server-address=127.0.0.1:0",
             ]  # fmt: skip
         raise KeyError(component)

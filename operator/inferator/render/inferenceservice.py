@@ -1,0 +1,213 @@
+"""What an InferenceService becomes: Deployment, Service, PDB, NetworkPolicy, autoscaler, ServiceMonitor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from inferator.api.inferenceservice import Autoscaling, InferenceServiceSpec, ScalingSignal
+from inferator.api.modelcache import Ownership
+from inferator.api.profile import DEFAULT_MODEL_DIR, MODEL_DIR_ENV, PROFILE_ENV
+from inferator.profiles.select import Selection
+from inferator.render.templating import render_manifest
+from inferator.settings import OperatorSettings
+
+SERVICE_LABEL = "inferator.dev/inference-service"
+READINESS_GATE = "inferator.dev/model-ready"
+AutoscalerKind = Literal["hpa", "keda"]
+
+# The engine's own Prometheus names for each signal a user can scale on.
+# vLLM: vllm/engine/metrics (v1 engine); `vllm:gpu_cache_usage_perc` was removed in favour of kv_cache_usage_perc.
+# SGLang: sglang/srt/metrics/collector.py (needs --enable-metrics, which the profile passes).
+# trtllm-serve exports request queue metrics under names that changed between releases: not mapped.
+ENGINE_SIGNALS: dict[str, dict[str, str]] = {
+    "vllm": {
+        "queueLength": "vllm:num_requests_waiting",
+        "runningRequests": "vllm:num_requests_running",
+        "kvCacheUsage": "vllm:kv_cache_usage_perc",
+    },
+    "sglang": {
+        "queueLength": "sglang:num_queue_reqs",
+        "runningRequests": "sglang:num_running_reqs",
+        "kvCacheUsage": "sglang:token_usage",
+    },
+}
+ENGINE_SIGNALS["vllm-cpu"] = ENGINE_SIGNALS["vllm"]
+
+
+class UnsupportedSignal(ValueError):
+    """The engine exports no metric for the requested autoscaling signal."""
+
+
+def labels(name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "inferator-serving",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/managed-by": "inferator",
+        SERVICE_LABEL: name,
+    }
+
+
+def selector(name: str) -> dict[str, str]:
+    return {SERVICE_LABEL: name}
+
+
+def signal_metric(engine: str, signal: ScalingSignal) -> str:
+    """The engine's Prometheus metric for a signal (cpu needs none)."""
+    metric = ENGINE_SIGNALS.get(engine, {}).get(signal)
+    if metric is None:
+        supported = [*sorted(ENGINE_SIGNALS.get(engine, {})), "cpu"]
+        raise UnsupportedSignal(
+            f"autoscaling.metric {signal!r} is not exported by engine {engine}; use one of {supported}"
+        )
+    return metric
+
+
+def autoscaler_kind(autoscaling: Autoscaling | None, keda_installed: bool) -> AutoscalerKind | None:
+    """HPA by default; KEDA when asked, when it is installed (auto), or to scale to zero."""
+    if autoscaling is None:
+        return None
+    if autoscaling.backend != "auto":
+        return autoscaling.backend
+    return "keda" if keda_installed or autoscaling.min_replicas == 0 else "hpa"
+
+
+def binary_quantity(n_bytes: int) -> str:
+    """Bytes as the API server's canonical quantity, so a re-read compares equal (no drift, no rewrite)."""
+    for suffix, unit in (("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20)):
+        if n_bytes >= unit and n_bytes % unit == 0:
+            return f"{n_bytes // unit}{suffix}"
+    return f"{-(-n_bytes // (1 << 20))}Mi"
+
+
+def decimal_quantity(value: float) -> str:
+    """A number as a canonical quantity: 4 -> "4", 0.8 -> "800m"."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{round(value * 1000)}m"
+
+
+def endpoint(name: str, namespace: str, port: int) -> str:
+    return f"http://{name}.{namespace}.svc:{port}/v1"
+
+
+@dataclass(frozen=True)
+class ServingInputs:
+    name: str
+    namespace: str
+    spec: InferenceServiceSpec
+    selection: Selection
+    pvc_name: str
+    ownership: Ownership
+    settings: OperatorSettings
+    keda_installed: bool = False
+    servicemonitor_installed: bool = False
+
+
+def _hpa_metric(engine: str, autoscaling: Autoscaling) -> dict[str, Any]:
+    if autoscaling.metric == "cpu":
+        return {"type": "Resource", "resource": {"name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": int(autoscaling.target)}}}  # fmt: skip
+    # A custom-metrics adapter (prometheus-adapter) exposes `vllm:num_requests_waiting` as
+    # `vllm_num_requests_waiting` per pod; the chart's docs carry the adapter rule.
+    name = signal_metric(engine, autoscaling.metric).replace(":", "_")
+    return {"type": "Pods", "pods": {"metric": {"name": name},
+            "target": {"type": "AverageValue", "averageValue": decimal_quantity(autoscaling.target)}}}  # fmt: skip
+
+
+def _keda_query(inputs: ServingInputs, autoscaling: Autoscaling, engine: str, served: str) -> str:
+    metric = signal_metric(engine, autoscaling.metric)
+    aggregate = "avg" if autoscaling.metric == "kvCacheUsage" else "sum"
+    return f'{aggregate}({metric}{{namespace="{inputs.namespace}",model_name="{served}"}})'
+
+
+def _peers(inputs: ServingInputs) -> list[dict[str, Any]]:
+    net = inputs.spec.networking
+    peers: list[dict[str, Any]] = [
+        {"podSelector": {"matchLabels": net.allowed_pod_labels} if net.allowed_pod_labels else {}}
+    ]
+    namespaces = sorted({*net.allowed_namespaces, inputs.settings.operator_namespace})
+    peers.append({"namespaceSelector": {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}]}})  # fmt: skip
+    return peers
+
+
+def _resources(inputs: ServingInputs) -> dict[str, Any]:
+    user = inputs.spec.resources
+    requests: dict[str, Any] = dict(user.requests or {}) if user else {}
+    limits: dict[str, Any] = dict(user.limits or {}) if user else {}
+    gpus = inputs.selection.gpu_request
+    if gpus:
+        requests["nvidia.com/gpu"] = str(gpus)
+        limits["nvidia.com/gpu"] = str(gpus)
+    return {
+        k: {r: str(v) for r, v in d.items()} for k, d in (("requests", requests), ("limits", limits)) if d
+    }
+
+
+def render_children(inputs: ServingInputs) -> list[dict[str, Any]]:
+    """Every object the service needs, in apply order. Raises UnsupportedSignal for an impossible autoscaler."""
+    profile = inputs.selection.profile
+    if profile is None:
+        raise ValueError("render_children needs a successful selection")
+    spec, name, namespace = inputs.spec, inputs.name, inputs.namespace
+    common = {"name": name, "namespace": namespace, "labels": labels(name), "selector": selector(name)}
+    kind = autoscaler_kind(spec.autoscaling, inputs.keda_installed)
+    env = {
+        PROFILE_ENV: profile.model_dump_json(by_alias=True, exclude_none=True),
+        MODEL_DIR_ENV: DEFAULT_MODEL_DIR,
+        "HOME": "/tmp",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        **inputs.selection.env,
+    }
+    scheduling = spec.scheduling
+    tolerations = [
+        *inputs.selection.tolerations,
+        *((t.to_k8s() for t in scheduling.tolerations or []) if scheduling else []),
+    ]
+    objects = [
+        render_manifest(
+            "serving-deployment.yaml.j2",
+            **common,
+            profile=profile,
+            replicas=None if kind else spec.replicas,
+            readiness_gate=READINESS_GATE,
+            ownership=inputs.ownership,
+            node_affinity=inputs.selection.node_affinity,
+            node_selector=scheduling.node_selector if scheduling and scheduling.node_selector else None,
+            tolerations=tolerations,
+            scheduling=scheduling,
+            image=spec.image or inputs.settings.engine_images[profile.engine],
+            env=[{"name": k, "value": v} for k, v in env.items()],
+            resources=_resources(inputs),
+            startup_failure_threshold=max(1, spec.serving.startup_timeout_seconds // 10),
+            model_dir=DEFAULT_MODEL_DIR,
+            pvc_name=inputs.pvc_name,
+            shm_size=binary_quantity(max(inputs.selection.shm_size_bytes, 64 << 20)),
+        ),
+        render_manifest("serving-service.yaml.j2", **common, port=profile.port),
+        render_manifest(
+            "serving-networkpolicy.yaml.j2",
+            **common,
+            peers=_peers(inputs),
+            allow_egress=spec.networking.allow_egress,
+        ),
+    ]
+    most_replicas = spec.autoscaling.max_replicas if spec.autoscaling else spec.replicas
+    if most_replicas > 1:
+        objects.append(render_manifest("serving-pdb.yaml.j2", **common))
+    if kind == "hpa" and spec.autoscaling:
+        objects.append(render_manifest("serving-hpa.yaml.j2", **common, autoscaling=spec.autoscaling,
+                                       metric=_hpa_metric(profile.engine, spec.autoscaling)))  # fmt: skip
+    elif kind == "keda" and spec.autoscaling:
+        query = _keda_query(inputs, spec.autoscaling, profile.engine, profile.served_model_name)
+        objects.append(render_manifest("serving-scaledobject.yaml.j2", **common, autoscaling=spec.autoscaling,
+                                       prometheus_url=inputs.settings.prometheus_url, query=query))  # fmt: skip
+    if inputs.servicemonitor_installed:
+        objects.append(
+            render_manifest("serving-servicemonitor.yaml.j2", **common, metrics_path=profile.metrics_path)
+        )
+    return objects

@@ -1,0 +1,165 @@
+"""InferenceService controller on the simulated GPU nodes: selection, placement, drift, no writes at rest."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from inferator.api import ModelCacheSpec
+from inferator.dev.cluster import LocalCluster
+from inferator.dev.nodes import GpuModel, NodeSpec, node_manifest
+from inferator.render.modelcache import content_hash
+from tests.cluster.conftest import OperatorProcess, wait_for
+
+pytestmark = pytest.mark.cluster
+
+LLAMA_8B = {"architecture": "LlamaForCausalLM", "modelType": "llama", "numLayers": 32, "hiddenSize": 4096,
+            "numAttentionHeads": 32, "numKeyValueHeads": 8, "headDim": 128, "maxPositionEmbeddings": 131072,
+            "vocabSize": 128256, "dtype": "bfloat16", "parameterCount": 8030261248, "weightBytes": 16060522496}  # fmt: skip
+LLAMA_405B = {**LLAMA_8B, "numLayers": 126, "hiddenSize": 16384, "numAttentionHeads": 128,
+              "parameterCount": 405853388800, "weightBytes": 811706777600}  # fmt: skip
+GROUP = "inferator.dev/v1alpha1"
+
+
+def ready_cache(cluster: LocalCluster, namespace: str, name: str, facts: dict[str, Any]) -> None:
+    """A ModelCache whose prefetch already reported (as the Job would, through its Role)."""
+    spec = {"source": {"uri": f"hf://org/{name}"}, "storage": {"size": "20Gi"}}
+    cluster.apply(
+        [
+            {
+                "apiVersion": GROUP,
+                "kind": "ModelCache",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": spec,
+            }
+        ]
+    )
+    status = {"contentHash": content_hash(ModelCacheSpec.model_validate(spec)), "sizeBytes": facts["weightBytes"],
+              "resolvedRevision": "0123abc", "model": facts}  # fmt: skip
+    import json
+
+    cluster.kubectl("patch", "mcache", name, "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": status}))  # fmt: skip
+
+
+def service(namespace: str, name: str, cache: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": GROUP, "kind": "InferenceService", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"modelCacheRef": {"name": cache}, **spec}}  # fmt: skip
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+@pytest.fixture
+def llama(cluster: LocalCluster, namespace: str) -> str:
+    ready_cache(cluster, namespace, "llama-8b", LLAMA_8B)
+    return "llama-8b"
+
+
+def test_service_is_placed_on_the_selected_pool_under_restricted_psa(
+    cluster: LocalCluster, namespace: str, llama: str, operator: OperatorProcess, kubectl_json: Any
+) -> None:
+    cluster.apply([service(namespace, "chat", llama, serving={"maxModelLen": 8192})])
+    svc = wait_for(lambda: (o := kubectl_json("infsvc/chat", "-n", namespace)).get("status", {}).get("profile") and o,
+                   timeout_s=90, what="profile selected")  # fmt: skip
+    profile = svc["status"]["profile"]
+    assert condition(svc, "ProfileSelected")["status"] == "True"
+    assert condition(svc, "CacheReady")["status"] == "True"
+    assert svc["status"]["estimates"]["kvCacheTokens"] > 0
+    assert svc["status"]["candidates"][0]["name"] == profile
+    deploy = kubectl_json("deploy/chat", "-n", namespace)
+    pod_spec = deploy["spec"]["template"]["spec"]
+    assert deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    assert pod_spec["readinessGates"] == [{"conditionType": "inferator.dev/model-ready"}]
+    gpus = int(pod_spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    assert f"-tp{gpus}-" in profile
+    # The real scheduler places the pod on a node of the profile's GPU product.
+    pod = wait_for(lambda: next((p for p in kubectl_json("pods", "-n", namespace, "-l", "inferator.dev/inference-service=chat")["items"]
+                                 if p["spec"].get("nodeName")), None), timeout_s=60, what="pod scheduled")  # fmt: skip
+    node = kubectl_json(f"node/{pod['spec']['nodeName']}")
+    short = profile.split("-")[1]
+    assert short in node["metadata"]["labels"]["nvidia.com/gpu.product"].lower().replace("nvidia-", "")
+    out = cluster.kubectl("get", "infsvc", "-n", namespace).stdout
+    assert profile in out
+
+
+def test_model_that_fits_nowhere_proceeds_when_a_pool_that_fits_is_added(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess, kubectl_json: Any
+) -> None:
+    ready_cache(cluster, namespace, "llama-405b", LLAMA_405B)
+    cluster.apply(
+        [
+            service(
+                namespace,
+                "big",
+                "llama-405b",
+                selector={"precisions": ["bf16"]},
+                serving={"maxModelLen": 8192},
+            )
+        ]
+    )
+    svc = wait_for(lambda: (o := kubectl_json("infsvc/big", "-n", namespace)).get("status", {}).get("phase") == "NoCompatibleProfile" and o,
+                   timeout_s=60, what="NoCompatibleProfile")  # fmt: skip
+    message = condition(svc, "ProfileSelected")["message"]
+    assert "GiB" in message, message
+    assert any(not c["feasible"] and c["reason"] for c in svc["status"]["candidates"])
+    b200 = NodeSpec(
+        "gpu-b200-test", GpuModel("NVIDIA-B200", 183359, 10, 0, "blackwell"), 8, 224, 2048, "p6-b200.48xlarge"
+    )
+    try:
+        cluster.apply([node_manifest(b200)])
+        svc = wait_for(lambda: (o := kubectl_json("infsvc/big", "-n", namespace)).get("status", {}).get("profile") and o,
+                       timeout_s=90, what="profile once a B200 pool exists")  # fmt: skip
+        assert "-b200-bf16-tp8-" in svc["status"]["profile"]
+        assert kubectl_json("deploy/big", "-n", namespace)["spec"]["template"]["spec"]["affinity"]
+    finally:
+        cluster.kubectl("delete", "node", b200.name, "--wait=false", check=False)
+
+
+def test_hand_edits_are_undone_and_deletion_cascades(
+    cluster: LocalCluster, namespace: str, llama: str, operator: OperatorProcess, kubectl_json: Any
+) -> None:
+    cluster.apply([service(namespace, "chat", llama, replicas=2)])
+    wait_for(
+        lambda: kubectl_json("deploy/chat", "-n", namespace, "--ignore-not-found").get("spec"),
+        timeout_s=60,
+        what="Deployment",
+    )
+    assert kubectl_json("pdb/chat", "-n", namespace)["spec"]["maxUnavailable"] == 1
+    cluster.kubectl("patch", "deploy", "chat", "-n", namespace, "--type=json",
+                    "-p", '[{"op": "replace", "path": "/spec/strategy/rollingUpdate/maxSurge", "value": 2}]')  # fmt: skip
+    wait_for(lambda: kubectl_json("deploy/chat", "-n", namespace)["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0,
+             timeout_s=30, what="maxSurge restored")  # fmt: skip
+    cluster.kubectl("delete", "service", "chat", "-n", namespace)
+    wait_for(lambda: cluster.kubectl("get", "service", "chat", "-n", namespace, check=False).returncode == 0,
+             timeout_s=30, what="Service recreated")  # fmt: skip
+    cluster.kubectl("scale", "infsvc", "chat", "-n", namespace, "--replicas=1")
+    wait_for(
+        lambda: kubectl_json("deploy/chat", "-n", namespace)["spec"]["replicas"] == 1,
+        timeout_s=30,
+        what="scaled via the CRD",
+    )
+    wait_for(lambda: cluster.kubectl("get", "pdb", "chat", "-n", namespace, check=False).returncode != 0,
+             timeout_s=30, what="PDB removed at one replica")  # fmt: skip
+    cluster.kubectl("delete", "infsvc", "chat", "-n", namespace)
+    for kind in ("deploy", "service", "networkpolicy"):
+        wait_for(lambda k=kind: cluster.kubectl("get", k, "chat", "-n", namespace, check=False).returncode != 0,
+                 timeout_s=60, what=f"{kind} garbage-collected")  # fmt: skip
+
+
+def test_a_settled_operator_writes_nothing(
+    cluster: LocalCluster, namespace: str, llama: str, operator: OperatorProcess, kubectl_json: Any
+) -> None:
+    cluster.apply([service(namespace, "chat", llama)])
+    wait_for(lambda: kubectl_json("infsvc/chat", "-n", namespace).get("status", {}).get("phase") in ("Ready",),
+             timeout_s=90, what="Ready (KWOK reports the pod ready; warm-up cannot reach a simulated pod)")  # fmt: skip
+    time.sleep(5)  # let in-flight status updates land
+    quiet_from = time.time()
+    time.sleep(60)
+    writes = [e for e in cluster.write_requests(quiet_from, "kopf") + cluster.write_requests(quiet_from, "inferator")
+              if e.get("objectRef", {}).get("namespace") in (namespace, None)]  # fmt: skip
+    assert writes == [], [(e["verb"], e["objectRef"]) for e in writes]
