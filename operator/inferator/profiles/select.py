@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -455,39 +455,43 @@ def _cpu_candidates(
     return out
 
 
-def rank_key(
-    candidate: ScoredCandidate, settings: SelectionSettings, preferred_target: Target
-) -> tuple[Any, ...]:
-    """The sort key of a candidate under `settings.ranking` (see SelectionSettings)."""
-    parts: list[Any] = []
-    for key in settings.ranking:
-        if key == "device":
-            parts.append(0 if candidate.pool.gpu is not None else 1)
-        elif key == "target":
-            parts.append(0 if candidate.target == preferred_target else 1)
-        elif key == "precision":
-            order = settings.precision_order
-            index = order.index(candidate.precision) if candidate.precision in order else len(order)
-            parts.append((0 if candidate.native else 1, index))
-        elif key == "engine":
-            order_e = settings.engine_order
-            parts.append(order_e.index(candidate.engine) if candidate.engine in order_e else len(order_e))
-        elif key == "tensor_parallel":
-            tp = candidate.tensor_parallel_size
-            parts.append(-tp if candidate.target == "latency" else tp)
-        elif key == "bandwidth":
-            parts.append(-(candidate.pool.gpu.memory_bandwidth_gb_per_s if candidate.pool.gpu else 0))
-        elif key == "name":
-            parts.append(candidate.name)
-    parts.append((candidate.name, candidate.pool.key))  # always total
-    return tuple(parts)
+RankKeyFn = Callable[[ScoredCandidate], tuple[Any, ...]]
+
+
+def rank_key_function(settings: SelectionSettings, preferred_target: Target) -> RankKeyFn:
+    """The sort key of candidates under `settings.ranking` (see SelectionSettings), most significant first.
+
+    Built once per selection (the orders become dict lookups) because it runs for every candidate.
+    """
+    precision_index = {p: i for i, p in enumerate(settings.precision_order)}
+    engine_index = {e: i for i, e in enumerate(settings.engine_order)}
+    unknown_precision, unknown_engine = len(precision_index), len(engine_index)
+    parts: dict[str, Callable[[ScoredCandidate], Any]] = {
+        "device": lambda c: 0 if c.pool.gpu is not None else 1,
+        "target": lambda c: 0 if c.target == preferred_target else 1,
+        "precision": lambda c: (0 if c.native else 1, precision_index.get(c.precision, unknown_precision)),
+        "engine": lambda c: engine_index.get(c.engine, unknown_engine),
+        "tensor_parallel": lambda c: (
+            -c.tensor_parallel_size if c.target == "latency" else c.tensor_parallel_size
+        ),
+        "bandwidth": lambda c: -(c.pool.gpu.memory_bandwidth_gb_per_s if c.pool.gpu else 0),
+        "name": lambda c: c.name,
+    }
+    chosen = [parts[key] for key in settings.ranking]
+
+    def key(candidate: ScoredCandidate) -> tuple[Any, ...]:
+        # The name and pool key close every order, so equal keys never depend on input order.
+        return (*[fn(candidate) for fn in chosen], candidate.name, candidate.pool.key)
+
+    return key
 
 
 def rank_candidates(
     candidates: Iterable[ScoredCandidate], settings: SelectionSettings, preferred_target: Target = "latency"
 ) -> list[ScoredCandidate]:
     """Feasible candidates in rank order, then infeasible ones in the same order."""
-    return sorted(candidates, key=lambda c: (not c.feasible, rank_key(c, settings, preferred_target)))
+    key = rank_key_function(settings, preferred_target)
+    return sorted(candidates, key=lambda c: (not c.feasible, key(c)))
 
 
 def _explain_missing_pin(
