@@ -93,7 +93,7 @@ class ScoredCandidate:
         kv_bytes = m.kv_cache_bytes_per_gpu
         kv_tokens = m.kv_cache_tokens
         if self.engine == "vllm-cpu":
-            kv_bytes = eng.cpu_kv_cache_space_gib(m.kv_cache_bytes_per_gpu) * GIB
+            kv_bytes = eng.cpu_kv_cache_space_gib(m.kv_required_bytes_per_gpu) * GIB
             kv_tokens = kv_bytes // max(1, m.kv_bytes_per_token_per_gpu)
         return Estimates(
             weight_bytes_per_gpu=m.weight_bytes_per_gpu,
@@ -134,6 +134,9 @@ class Selection:
     shm_size_bytes: int = 0
     gpu_request: int = 0
     readiness_path: str = "/v1/models"
+    # Memory the server container needs (CPU profiles: weights + KV space + reserve); 0 on GPUs,
+    # where the model lives in GPU memory and the container's own needs are the user's resources.
+    memory_request_bytes: int = 0
     pools: tuple[GpuPool, ...] = ()
     excluded_nodes: tuple[ExcludedNode, ...] = ()
 
@@ -278,12 +281,12 @@ def _memory_verdict(
         return True, _fit_reason(plan, length, conc, ""), plan, length
     if ctx.requested is None:
         floor = min(ctx.min_auto_len, ctx.model_max)
-        shrunk = _round_context(min(ctx.model_max, plan.max_model_len_that_fits(conc)))
-        if shrunk >= floor:
+        estimate = _round_context(min(ctx.model_max, plan.max_model_len_that_fits(conc)))
+        shrunk = _longest_fitting_context(plan_at, floor, estimate)
+        if shrunk is not None:
             plan = plan_at(shrunk)
-            if plan.fits:
-                note = f"; context shrunk from {ctx.model_max} to {shrunk} tokens to fit (set serving.maxModelLen to pin)"
-                return True, _fit_reason(plan, shrunk, conc, note), plan, shrunk
+            note = f"; context shrunk from {ctx.model_max} to {shrunk} tokens to fit (set serving.maxModelLen to pin)"
+            return True, _fit_reason(plan, shrunk, conc, note), plan, shrunk
         length = floor
         plan = plan_at(length)
     reason = (
@@ -293,6 +296,30 @@ def _memory_verdict(
         f"{offers} offers {gib(plan.available_bytes_per_gpu)} (x {util:.2f})"
     )
     return False, reason, plan, length
+
+
+def _longest_fitting_context(plan_at: Callable[[int], MemoryPlan], floor: int, estimate: int) -> int | None:
+    """The longest context in [floor, estimate] that fits (a multiple of CONTEXT_STEP_TOKENS, or floor).
+
+    `estimate` comes from the KV budget and is usually the answer; rounding (vLLM-CPU's whole-GiB
+    KV space) can make it miss, so a binary search over the steps below it settles the rest.
+    """
+    if not plan_at(floor).fits:
+        return None
+    if estimate <= floor:
+        return floor
+    if plan_at(estimate).fits:
+        return estimate
+    best = floor
+    low, high = -(-floor // CONTEXT_STEP_TOKENS), estimate // CONTEXT_STEP_TOKENS - 1
+    while low <= high:
+        middle = (low + high) // 2
+        if plan_at(middle * CONTEXT_STEP_TOKENS).fits:
+            best = max(best, middle * CONTEXT_STEP_TOKENS)
+            low = middle + 1
+        else:
+            high = middle - 1
+    return best
 
 
 def _fit_reason(plan: MemoryPlan, length: int, min_concurrency: int, note: str) -> str:
@@ -660,7 +687,7 @@ def _build_selection(
         sglang_mem_fraction_static=eng.sglang_mem_fraction_static(
             gpu_bytes, serving.gpu_memory_utilization, overhead
         ),
-        cpu_kv_cache_space_gib=eng.cpu_kv_cache_space_gib(plan.kv_cache_bytes_per_gpu),
+        cpu_kv_cache_space_gib=eng.cpu_kv_cache_space_gib(plan.kv_required_bytes_per_gpu),
         extra_args=tuple(serving.extra_args),
     )
     info = eng.ENGINES[chosen.engine]
@@ -699,6 +726,7 @@ def _build_selection(
         shm_size_bytes=eng.shm_size_bytes(chosen.engine, chosen.tensor_parallel_size),
         gpu_request=profile.gpu_count,
         readiness_path=info.readiness_path,
+        memory_request_bytes=0 if gpu is not None else plan.required_bytes_per_gpu,
         pools=scan.pools,
         excluded_nodes=scan.excluded,
     )
