@@ -1,17 +1,22 @@
 """Benchmark: profile selection for 50 models x 1,000 nodes (issue 3 asks for well under a second).
 
 Run: .venv/bin/python bench/bench_selection.py [--repeat 5]
-Prints the best and median wall time of each phase over the repeats. Not a timed test: the
-numbers depend on the machine; record them in bench/results/ with the machine and date.
+Prints the best and median wall time of each phase over the repeats and writes them, with the
+machine and the date, to bench/results/selection-<date>.md (--out to change, --no-write to skip).
+Not a timed test: the numbers depend on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
+import platform
 import random
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from inferator.api.inferenceservice import InferenceServiceSpec
@@ -106,6 +111,8 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=50)
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--out", type=Path, help="result file (default bench/results/selection-<date>.md)")
+    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     rng = random.Random(3)  # noqa: S311 - a fixed, reproducible workload, not a secret
     nodes = make_nodes(args.nodes, rng)
@@ -130,9 +137,40 @@ def main() -> None:
         "select 50 models, pools reused (PoolScan)": timed(each_from_scan, args.repeat),
     }
     candidates = sum(len(select_profile(f, scan, spec).candidates) for f in models)
+    lines = [
+        f"{args.models} models x {args.nodes} nodes -> {len(scan.pools)} pools, {len(scan.excluded)} nodes left out"
+    ]
     for label, (best, median) in results.items():
-        print(f"{label:<56} best {best * 1000:8.1f} ms   median {median * 1000:8.1f} ms")
-    print(f"candidates scored per run: {candidates}")
+        lines.append(f"{label:<56} best {best * 1000:8.1f} ms   median {median * 1000:8.1f} ms")
+    lines.append(f"candidates scored per run: {candidates}")
+    print("\n".join(lines[1:]))
+    if not args.no_write:
+        today = datetime.datetime.now(datetime.UTC).date().isoformat()
+        out = args.out or Path(__file__).parent / "results" / f"selection-{today}.md"
+        out.write_text(_report(today, args.repeat, lines))
+        print(f"wrote {out}")
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {platform.system()} {platform.machine()}"
+
+
+def _report(today: str, repeat: int, lines: list[str]) -> str:
+    body = "\n".join(lines)
+    return (
+        f"# Profile selection benchmark — {today}\n\n"
+        f"- Command: `.venv/bin/python bench/bench_selection.py --repeat {repeat}`\n"
+        f"- Machine: {_machine()}\n\n"
+        f"```\n{body}\n```\n"
+    )
 
 
 if __name__ == "__main__":

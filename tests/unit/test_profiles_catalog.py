@@ -170,6 +170,11 @@ def test_pools_group_by_product_and_gpu_count() -> None:
         ),
         (_node("n", H100, 0), "no allocatable nvidia.com/gpu"),
         (_node("n", {"nvidia.com/gpu.product": "NVIDIA-Unknown"}, 2), "unknown GPU product"),
+        (
+            _node("n", H100 | {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3-SHARED"}, 32),
+            "time-sliced GPUs",
+        ),
+        (_node("n", H100 | {"nvidia.com/gpu.replicas": "4"}, 32), "nvidia.com/gpu.replicas=4"),
     ],
 )
 def test_unusable_nodes_are_left_out_with_a_reason(node: dict[str, Any], reason: str) -> None:

@@ -449,3 +449,20 @@ def test_the_spec_node_selector_and_tolerations_shape_the_pools() -> None:
     )
     assert tolerated.profile is not None
     assert tolerated.profile.gpu_short_name == "h100"
+
+
+def test_cpu_profile_sizes_kv_space_to_the_need_not_the_node() -> None:
+    selection = select_profile(
+        facts("llama-3.1-8b"), [cpu_node("c", "256Gi")], spec(serving={"maxModelLen": 8192})
+    )
+    assert selection.profile is not None
+    assert selection.profile.gpu_count == 0 == selection.gpu_request
+    command = selection.profile.command
+    assert "--tensor-parallel-size" not in command
+    # 8192 tokens x 128 KiB (fp32 KV: 256 KiB) = 2 GiB, not the node's 200 GiB budget.
+    assert selection.env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert selection.estimates is not None
+    assert selection.estimates.kv_cache_bytes_per_gpu == 2 * 2**30
+    # fp32 weights (32 GB) + 2 GiB KV + reserve.
+    assert selection.memory_request_bytes == selection.estimates.required_bytes_per_gpu
+    assert selection.memory_request_bytes > 32 * 10**9

@@ -223,6 +223,10 @@ def sglang_mem_fraction_static(
     return min(0.95, max(0.05, math.floor(100 * wanted / gpu_memory_bytes) / 100))
 
 
-def cpu_kv_cache_space_gib(kv_cache_bytes: int) -> int:
-    """VLLM_CPU_KVCACHE_SPACE (GiB, integer): the KV budget rounded down, at least 1."""
-    return max(1, kv_cache_bytes // GIB)
+def cpu_kv_cache_space_gib(kv_required_bytes: int) -> int:
+    """VLLM_CPU_KVCACHE_SPACE (GiB, integer): the KV the profile needs, rounded up, at least 1.
+
+    Not the whole memory budget: vLLM-CPU allocates all of it at start, and a development node
+    shares its memory with everything else.
+    """
+    return max(1, math.ceil(kv_required_bytes / GIB))

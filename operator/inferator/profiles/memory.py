@@ -219,13 +219,18 @@ def plan_cpu_memory(
     memory_utilization: float,
     extra_reserve_bytes: int = 0,
 ) -> MemoryPlan:
-    """The memory plan of a vLLM-CPU server: weights and KV cache in the node's allocatable memory."""
+    """The memory plan of a vLLM-CPU server: weights and KV cache in the node's allocatable memory.
+
+    vLLM-CPU allocates exactly VLLM_CPU_KVCACHE_SPACE (whole GiB) for KV, so the KV this plan
+    requires is rounded up to whole GiB, at least 1: what fits here is what the server gets.
+    """
     kv_dtype_bytes = int(BYTES_PER_PARAM[precision]) if precision in ("fp32", "bf16", "fp16") else 2
     per_token = kv_bytes_per_token(facts, kv_dtype_bytes)
+    kv_gib = max(1, math.ceil(per_token * max_model_len * min_concurrency / GIB))
     return MemoryPlan(
         weight_bytes_per_gpu=weight_bytes(facts, precision),
         kv_bytes_per_token_per_gpu=per_token,
-        kv_required_bytes_per_gpu=per_token * max_model_len * min_concurrency,
+        kv_required_bytes_per_gpu=kv_gib * GIB,
         overhead_bytes_per_gpu=CPU_ENGINE_RESERVE_BYTES + extra_reserve_bytes,
         available_bytes_per_gpu=int(node_memory_bytes * memory_utilization),
     )

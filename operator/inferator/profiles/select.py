@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,7 +93,7 @@ class ScoredCandidate:
         kv_bytes = m.kv_cache_bytes_per_gpu
         kv_tokens = m.kv_cache_tokens
         if self.engine == "vllm-cpu":
-            kv_bytes = eng.cpu_kv_cache_space_gib(m.kv_cache_bytes_per_gpu) * GIB
+            kv_bytes = eng.cpu_kv_cache_space_gib(m.kv_required_bytes_per_gpu) * GIB
             kv_tokens = kv_bytes // max(1, m.kv_bytes_per_token_per_gpu)
         return Estimates(
             weight_bytes_per_gpu=m.weight_bytes_per_gpu,
@@ -134,6 +134,9 @@ class Selection:
     shm_size_bytes: int = 0
     gpu_request: int = 0
     readiness_path: str = "/v1/models"
+    # Memory the server container needs (CPU profiles: weights + KV space + reserve); 0 on GPUs,
+    # where the model lives in GPU memory and the container's own needs are the user's resources.
+    memory_request_bytes: int = 0
     pools: tuple[GpuPool, ...] = ()
     excluded_nodes: tuple[ExcludedNode, ...] = ()
 
@@ -253,38 +256,70 @@ def _round_context(tokens: int) -> int:
     return tokens - tokens % CONTEXT_STEP_TOKENS if tokens >= CONTEXT_STEP_TOKENS else tokens
 
 
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """The context asked for: pinned by serving.maxModelLen, or the model's maximum and shrinkable."""
+
+    model_max: int
+    requested: int | None
+    min_concurrency: int
+    min_auto_len: int
+
+
+# (fits, reason, memory plan, context length) of one (precision, TP, device) combination.
+_Verdict = tuple[bool, str, MemoryPlan | None, int]
+
+
 def _memory_verdict(
-    plan_at: Any,
-    model_max: int,
-    requested_len: int | None,
-    min_concurrency: int,
-    min_auto_len: int,
-    tp: int,
-    offers: str,
-    util: float,
-) -> tuple[bool, str, MemoryPlan, int]:
+    plan_at: Callable[[int], MemoryPlan], ctx: _Context, tp: int, offers: str, util: float
+) -> _Verdict:
     """Fit the KV for the context; when the context is not pinned, shrink it to what fits (not below min_auto_len)."""
-    length = requested_len or model_max
-    plan: MemoryPlan = plan_at(length)
+    conc = ctx.min_concurrency
+    length = ctx.requested or ctx.model_max
+    plan = plan_at(length)
     if plan.fits:
-        return True, _fit_reason(plan, length, min_concurrency, ""), plan, length
-    if requested_len is None:
-        floor = min(min_auto_len, model_max)
-        shrunk = _round_context(min(model_max, plan.max_model_len_that_fits(min_concurrency)))
-        if shrunk >= floor:
+        return True, _fit_reason(plan, length, conc, ""), plan, length
+    if ctx.requested is None:
+        floor = min(ctx.min_auto_len, ctx.model_max)
+        estimate = _round_context(min(ctx.model_max, plan.max_model_len_that_fits(conc)))
+        shrunk = _longest_fitting_context(plan_at, floor, estimate)
+        if shrunk is not None:
             plan = plan_at(shrunk)
-            if plan.fits:
-                note = f"; context shrunk from {model_max} to {shrunk} tokens to fit (set serving.maxModelLen to pin)"
-                return True, _fit_reason(plan, shrunk, min_concurrency, note), plan, shrunk
+            note = f"; context shrunk from {ctx.model_max} to {shrunk} tokens to fit (set serving.maxModelLen to pin)"
+            return True, _fit_reason(plan, shrunk, conc, note), plan, shrunk
         length = floor
         plan = plan_at(length)
     reason = (
         f"tp{tp}: needs {gib(plan.required_bytes_per_gpu)} GiB per {'GPU' if offers != 'CPU' else 'node'} "
         f"(weights {gib(plan.weight_bytes_per_gpu)} + KV {gib(plan.kv_required_bytes_per_gpu)} for "
-        f"{length} tokens x {min_concurrency} + overhead {gib(plan.overhead_bytes_per_gpu)}), "
+        f"{length} tokens x {conc} + overhead {gib(plan.overhead_bytes_per_gpu)}), "
         f"{offers} offers {gib(plan.available_bytes_per_gpu)} (x {util:.2f})"
     )
     return False, reason, plan, length
+
+
+def _longest_fitting_context(plan_at: Callable[[int], MemoryPlan], floor: int, estimate: int) -> int | None:
+    """The longest context in [floor, estimate] that fits (a multiple of CONTEXT_STEP_TOKENS, or floor).
+
+    `estimate` comes from the KV budget and is usually the answer; rounding (vLLM-CPU's whole-GiB
+    KV space) can make it miss, so a binary search over the steps below it settles the rest.
+    """
+    if not plan_at(floor).fits:
+        return None
+    if estimate <= floor:
+        return floor
+    if plan_at(estimate).fits:
+        return estimate
+    best = floor
+    low, high = -(-floor // CONTEXT_STEP_TOKENS), estimate // CONTEXT_STEP_TOKENS - 1
+    while low <= high:
+        middle = (low + high) // 2
+        if plan_at(middle * CONTEXT_STEP_TOKENS).fits:
+            best = max(best, middle * CONTEXT_STEP_TOKENS)
+            low = middle + 1
+        else:
+            high = middle - 1
+    return best
 
 
 def _fit_reason(plan: MemoryPlan, length: int, min_concurrency: int, note: str) -> str:
@@ -296,6 +331,39 @@ def _fit_reason(plan: MemoryPlan, length: int, min_concurrency: int, note: str) 
     )
 
 
+def _per_target(
+    constraints: _Constraints,
+    engine: Engine,
+    device_short_name: str,
+    precision: Precision,
+    tp: int,
+    pool: GpuPool,
+    verdict: _Verdict,
+    native: bool,
+    online: bool,
+) -> list[ScoredCandidate]:
+    """One candidate per target for a verdict (targets share memory; they differ in rank and engine flags)."""
+    fits, reason, plan, length = verdict
+    excluded = _selector_reason(constraints, engine, precision, tp, pool)
+    return [
+        ScoredCandidate(
+            name=profile_name(engine, device_short_name, precision, tp, target),
+            engine=engine,
+            precision=precision,
+            tensor_parallel_size=tp,
+            target=target,
+            pool=pool,
+            feasible=fits and not excluded,
+            reason=excluded or reason,
+            memory=plan,
+            max_model_len=length,
+            native=native,
+            online_quantization=online,
+        )
+        for target in TARGETS
+    ]
+
+
 def score_candidates(
     facts: ModelFacts,
     pools: Sequence[GpuPool],
@@ -305,11 +373,15 @@ def score_candidates(
 ) -> tuple[list[ScoredCandidate], list[str]]:
     """Every candidate on every pool with its verdict, plus reasons that apply to all of them."""
     serving = spec.serving
-    model_max = facts.max_position_embeddings or DEFAULT_CONTEXT_TOKENS
-    requested = serving.max_model_len
-    if requested is not None and requested > model_max:
+    ctx = _Context(
+        model_max=facts.max_position_embeddings or DEFAULT_CONTEXT_TOKENS,
+        requested=serving.max_model_len,
+        min_concurrency=serving.min_concurrency,
+        min_auto_len=settings.min_auto_model_len,
+    )
+    if ctx.requested is not None and ctx.requested > ctx.model_max:
         return [], [
-            f"serving.maxModelLen {requested} exceeds the model's maximum context of {model_max} tokens "
+            f"serving.maxModelLen {ctx.requested} exceeds the model's maximum context of {ctx.model_max} tokens "
             "(max_position_embeddings); lower it"
         ]
     gpu_precisions, global_reason = _gpu_precisions(facts)
@@ -321,18 +393,16 @@ def score_candidates(
     ]
     reserve = settings.extra_reserve_mib * MIB
     util = serving.gpu_memory_utilization
-    conc = serving.min_concurrency
     out: list[ScoredCandidate] = []
-    memo: dict[tuple[str, int, int], tuple[bool, str, MemoryPlan, int]] = {}
+    # Engines and targets share the memory plan of a (precision, TP, GPU memory) combination.
+    memo: dict[tuple[str, int, int], _Verdict] = {}
     for pool in pools:
         gpu = pool.gpu
         if gpu is None:
-            if "vllm-cpu" not in enabled:
-                continue
-            out.extend(_cpu_candidates(facts, pool, settings, constraints, model_max, requested, conc))
+            if "vllm-cpu" in enabled:
+                out.extend(_cpu_candidates(facts, pool, settings, constraints, ctx))
             continue
         gpu_bytes = gpu.memory_mib * MIB
-        offers = gpu.display_name
         tps = [tp for tp in sorted(set(settings.tensor_parallel_sizes)) if tp <= pool.gpus_per_node]
         for engine in enabled:
             if engine == "vllm-cpu":
@@ -340,10 +410,9 @@ def score_candidates(
             for precision, online in gpu_precisions:
                 prec_reason, native = _precision_verdict(engine, precision, online, gpu, facts)
                 for tp in tps:
-                    tp_reason = _tp_reason(facts, tp, pool)
-                    verdict: tuple[bool, str, MemoryPlan | None, int]
-                    if prec_reason or tp_reason:
-                        verdict = (False, tp_reason or prec_reason, None, 0)
+                    rejection = _tp_reason(facts, tp, pool) or prec_reason
+                    if rejection:
+                        verdict: _Verdict = (False, rejection, None, 0)
                     else:
                         key = (precision, tp, gpu.memory_mib)
                         if key not in memo:
@@ -351,61 +420,36 @@ def score_candidates(
                             def plan_at(
                                 length: int, p: Precision = precision, t: int = tp, total: int = gpu_bytes
                             ) -> MemoryPlan:
-                                return plan_gpu_memory(facts, p, t, length, conc, total, util, reserve)
+                                return plan_gpu_memory(
+                                    facts, p, t, length, ctx.min_concurrency, total, util, reserve
+                                )
 
-                            memo[key] = _memory_verdict(
-                                plan_at,
-                                model_max,
-                                requested,
-                                conc,
-                                settings.min_auto_model_len,
-                                tp,
-                                offers,
-                                util,
-                            )
+                            memo[key] = _memory_verdict(plan_at, ctx, tp, gpu.display_name, util)
                         verdict = memo[key]
-                    fits, reason, plan, length = verdict
-                    for target in TARGETS:
-                        name = profile_name(engine, gpu.short_name, precision, tp, target)
-                        excluded = _selector_reason(constraints, engine, precision, tp, pool)
-                        out.append(
-                            ScoredCandidate(
-                                name=name,
-                                engine=engine,
-                                precision=precision,
-                                tensor_parallel_size=tp,
-                                target=target,
-                                pool=pool,
-                                feasible=fits and not excluded,
-                                reason=excluded or reason,
-                                memory=plan,
-                                max_model_len=length,
-                                native=native,
-                                online_quantization=online,
-                            )
+                    out.extend(
+                        _per_target(
+                            constraints, engine, gpu.short_name, precision, tp, pool, verdict, native, online
                         )
+                    )
     return out, []
 
 
 def _cpu_candidates(
-    facts: ModelFacts,
-    pool: GpuPool,
-    settings: SelectionSettings,
-    constraints: _Constraints,
-    model_max: int,
-    requested: int | None,
-    conc: int,
+    facts: ModelFacts, pool: GpuPool, settings: SelectionSettings, constraints: _Constraints, ctx: _Context
 ) -> list[ScoredCandidate]:
+    """vLLM-CPU candidates: TP 1, fp32 (bf16 too where the nodes advertise AVX512-BF16/AMX)."""
     out = []
-    native = precision_of_dtype(facts.dtype)
     precisions: list[Precision] = ["fp32"]
-    if native == "bf16" and pool.cpu_bf16:
+    if precision_of_dtype(facts.dtype) == "bf16" and pool.cpu_bf16:
         precisions.insert(0, "bf16")
+    util = settings.cpu_memory_utilization
     for precision in precisions:
+        verdict: _Verdict
         if facts.quantization is not None:
-            verdict: tuple[bool, str, MemoryPlan | None, int] = (
+            method = facts.quantization.method
+            verdict = (
                 False,
-                f"vLLM's CPU backend profiles cover unquantised checkpoints, this one is {facts.quantization.method}",
+                f"vLLM's CPU backend profiles cover unquantised checkpoints, this one is {method}",
                 None,
                 0,
             )
@@ -418,76 +462,56 @@ def _cpu_candidates(
                     facts,
                     p,
                     length,
-                    conc,
+                    ctx.min_concurrency,
                     pool.memory_bytes_per_node,
-                    settings.cpu_memory_utilization,
+                    util,
                     settings.extra_reserve_mib * MIB,
                 )
 
-            verdict = _memory_verdict(
-                plan_at,
-                model_max,
-                requested,
-                conc,
-                settings.min_auto_model_len,
-                1,
-                "CPU",
-                settings.cpu_memory_utilization,
-            )
-        fits, reason, plan, length = verdict
-        for target in TARGETS:
-            excluded = _selector_reason(constraints, "vllm-cpu", precision, 1, pool)
-            out.append(
-                ScoredCandidate(
-                    name=profile_name("vllm-cpu", CPU_POOL_KEY, precision, 1, target),
-                    engine="vllm-cpu",
-                    precision=precision,
-                    tensor_parallel_size=1,
-                    target=target,
-                    pool=pool,
-                    feasible=fits and not excluded,
-                    reason=excluded or reason,
-                    memory=plan,
-                    max_model_len=length,
-                    native=True,
-                )
-            )
+            verdict = _memory_verdict(plan_at, ctx, 1, "CPU", util)
+        out.extend(
+            _per_target(constraints, "vllm-cpu", CPU_POOL_KEY, precision, 1, pool, verdict, True, False)
+        )
     return out
 
 
-def rank_key(
-    candidate: ScoredCandidate, settings: SelectionSettings, preferred_target: Target
-) -> tuple[Any, ...]:
-    """The sort key of a candidate under `settings.ranking` (see SelectionSettings)."""
-    parts: list[Any] = []
-    for key in settings.ranking:
-        if key == "device":
-            parts.append(0 if candidate.pool.gpu is not None else 1)
-        elif key == "target":
-            parts.append(0 if candidate.target == preferred_target else 1)
-        elif key == "precision":
-            order = settings.precision_order
-            index = order.index(candidate.precision) if candidate.precision in order else len(order)
-            parts.append((0 if candidate.native else 1, index))
-        elif key == "engine":
-            order_e = settings.engine_order
-            parts.append(order_e.index(candidate.engine) if candidate.engine in order_e else len(order_e))
-        elif key == "tensor_parallel":
-            tp = candidate.tensor_parallel_size
-            parts.append(-tp if candidate.target == "latency" else tp)
-        elif key == "bandwidth":
-            parts.append(-(candidate.pool.gpu.memory_bandwidth_gb_per_s if candidate.pool.gpu else 0))
-        elif key == "name":
-            parts.append(candidate.name)
-    parts.append((candidate.name, candidate.pool.key))  # always total
-    return tuple(parts)
+RankKeyFn = Callable[[ScoredCandidate], tuple[Any, ...]]
+
+
+def rank_key_function(settings: SelectionSettings, preferred_target: Target) -> RankKeyFn:
+    """The sort key of candidates under `settings.ranking` (see SelectionSettings), most significant first.
+
+    Built once per selection (the orders become dict lookups) because it runs for every candidate.
+    """
+    precision_index = {p: i for i, p in enumerate(settings.precision_order)}
+    engine_index = {e: i for i, e in enumerate(settings.engine_order)}
+    unknown_precision, unknown_engine = len(precision_index), len(engine_index)
+    parts: dict[str, Callable[[ScoredCandidate], Any]] = {
+        "device": lambda c: 0 if c.pool.gpu is not None else 1,
+        "target": lambda c: 0 if c.target == preferred_target else 1,
+        "precision": lambda c: (0 if c.native else 1, precision_index.get(c.precision, unknown_precision)),
+        "engine": lambda c: engine_index.get(c.engine, unknown_engine),
+        "tensor_parallel": lambda c: (
+            -c.tensor_parallel_size if c.target == "latency" else c.tensor_parallel_size
+        ),
+        "bandwidth": lambda c: -(c.pool.gpu.memory_bandwidth_gb_per_s if c.pool.gpu else 0),
+        "name": lambda c: c.name,
+    }
+    chosen = [parts[key] for key in settings.ranking]
+
+    def key(candidate: ScoredCandidate) -> tuple[Any, ...]:
+        # The name and pool key close every order, so equal keys never depend on input order.
+        return (*[fn(candidate) for fn in chosen], candidate.name, candidate.pool.key)
+
+    return key
 
 
 def rank_candidates(
     candidates: Iterable[ScoredCandidate], settings: SelectionSettings, preferred_target: Target = "latency"
 ) -> list[ScoredCandidate]:
     """Feasible candidates in rank order, then infeasible ones in the same order."""
-    return sorted(candidates, key=lambda c: (not c.feasible, rank_key(c, settings, preferred_target)))
+    key = rank_key_function(settings, preferred_target)
+    return sorted(candidates, key=lambda c: (not c.feasible, key(c)))
 
 
 def _explain_missing_pin(
@@ -663,7 +687,7 @@ def _build_selection(
         sglang_mem_fraction_static=eng.sglang_mem_fraction_static(
             gpu_bytes, serving.gpu_memory_utilization, overhead
         ),
-        cpu_kv_cache_space_gib=eng.cpu_kv_cache_space_gib(plan.kv_cache_bytes_per_gpu),
+        cpu_kv_cache_space_gib=eng.cpu_kv_cache_space_gib(plan.kv_required_bytes_per_gpu),
         extra_args=tuple(serving.extra_args),
     )
     info = eng.ENGINES[chosen.engine]
@@ -702,6 +726,7 @@ def _build_selection(
         shm_size_bytes=eng.shm_size_bytes(chosen.engine, chosen.tensor_parallel_size),
         gpu_request=profile.gpu_count,
         readiness_path=info.readiness_path,
+        memory_request_bytes=0 if gpu is not None else plan.required_bytes_per_gpu,
         pools=scan.pools,
         excluded_nodes=scan.excluded,
     )
