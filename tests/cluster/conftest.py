@@ -48,7 +48,8 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
 @pytest.fixture
 def kubectl_json(cluster: LocalCluster) -> Callable[..., dict[str, Any]]:
     def get(*args: str) -> dict[str, Any]:
-        result: dict[str, Any] = json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
+        out = cluster.kubectl("get", *args, "-o", "json").stdout
+        result: dict[str, Any] = json.loads(out) if out.strip() else {}  # empty with --ignore-not-found
         return result
 
     return get

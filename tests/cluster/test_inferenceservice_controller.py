@@ -129,7 +129,15 @@ def test_hand_edits_are_undone_and_deletion_cascades(
         timeout_s=60,
         what="Deployment",
     )
-    assert kubectl_json("pdb/chat", "-n", namespace)["spec"]["maxUnavailable"] == 1
+    wait_for(
+        lambda: (
+            kubectl_json("pdb/chat", "-n", namespace, "--ignore-not-found")
+            .get("spec", {})
+            .get("maxUnavailable")
+            == 1
+        ),
+        what="PDB",
+    )
     cluster.kubectl("patch", "deploy", "chat", "-n", namespace, "--type=json",
                     "-p", '[{"op": "replace", "path": "/spec/strategy/rollingUpdate/maxSurge", "value": 2}]')  # fmt: skip
     wait_for(lambda: kubectl_json("deploy/chat", "-n", namespace)["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0,

@@ -50,7 +50,7 @@ def test_operator_reports_status_health_and_metrics(
     assert mc["status"]["observedGeneration"] == mc["metadata"]["generation"]
     assert "Ready" in _conditions(mc)
     metrics = operator.metrics()
-    assert 'inferator_reconcile_total{kind="InferenceService",outcome="ok"}' in metrics
+    assert 'inferator_reconcile_total{kind="InferenceService",outcome="WaitingForCache"}' in metrics
     # GitOps: the operator never writes spec; only the applier manages spec fields.
     managed = kubectl_json("infsvc/orphan", "-n", namespace, "--show-managed-fields")["metadata"][
         "managedFields"

@@ -10,14 +10,15 @@ from inferator.controllers import kube
 def is_subset(desired: Any, live: Any) -> bool:
     """True when every field we set has the value we set (the API server may add more)."""
     if isinstance(desired, dict):
-        return isinstance(live, dict) and all(k in live and is_subset(v, live[k]) for k, v in desired.items())
+        # The API server omits empty collections (`egress: []` reads back as absent): treat
+        # an empty desired value as matching a missing one, or we would re-apply forever.
+        return isinstance(live, dict) and all(
+            is_subset(v, live[k]) if k in live else v in ([], {}, None) for k, v in desired.items()
+        )
     if isinstance(desired, list):
         return isinstance(live, list) and len(desired) == len(live) and all(map(is_subset, desired, live))
-    if (
-        (isinstance(desired, (int, float))
-        and isinstance(live, str))
-        or (isinstance(desired, str)
-        and isinstance(live, (int, float)))
+    if (isinstance(desired, (int, float)) and isinstance(live, str)) or (
+        isinstance(desired, str) and isinstance(live, (int, float))
     ):
         return str(desired) == str(live)
     return bool(desired == live)

@@ -146,7 +146,9 @@ class LocalCluster:
             event = json.loads(line)
             if not event.get("userAgent", "").startswith(user_agent_prefix):
                 continue
-            stamp = datetime.datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00")).timestamp()
+            stamp = datetime.datetime.fromisoformat(
+                event["stageTimestamp"].replace("Z", "+00:00")
+            ).timestamp()
             if stamp >= since:
                 found.append(event)
         return found

@@ -640,10 +640,15 @@ def select_profile(
 
 
 def _closest(candidates: Sequence[ScoredCandidate]) -> ScoredCandidate | None:
-    """The rejected candidate that came nearest to fitting in memory (for a one-line message)."""
-    with_memory = [c for c in candidates if c.memory is not None and c.memory.available_bytes_per_gpu > 0]
+    """The rejected candidate that came nearest to fitting in memory (for a one-line message).
+
+    Candidates the user's own selector ruled out are not "close": naming one would hide the
+    reason the allowed candidates failed.
+    """
+    allowed = [c for c in candidates if "not allowed by selector" not in c.reason] or list(candidates)
+    with_memory = [c for c in allowed if c.memory is not None and c.memory.available_bytes_per_gpu > 0]
     if not with_memory:
-        return candidates[0] if candidates else None
+        return allowed[0] if allowed else None
     return min(
         with_memory,
         key=lambda c: (
