@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from inferator.api import ModelCacheSpec
+from inferator.argocd import health
 from inferator.dev.cluster import LocalCluster
 from inferator.dev.nodes import GpuModel, NodeSpec, node_manifest
 from inferator.render.modelcache import content_hash
@@ -103,6 +104,7 @@ def test_model_that_fits_nowhere_proceeds_when_a_pool_that_fits_is_added(
     )
     svc = wait_for(lambda: (o := kubectl_json("infsvc/big", "-n", namespace)).get("status", {}).get("phase") == "NoCompatibleProfile" and o,
                    timeout_s=60, what="NoCompatibleProfile")  # fmt: skip
+    assert health(svc)["status"] == "Degraded"  # Argo CD's view of the live object
     message = condition(svc, "ProfileSelected")["message"]
     assert "GiB" in message, message
     assert any(not c["feasible"] and c["reason"] for c in svc["status"]["candidates"])
@@ -164,6 +166,8 @@ def test_a_settled_operator_writes_nothing(
     cluster.apply([service(namespace, "chat", llama)])
     wait_for(lambda: kubectl_json("infsvc/chat", "-n", namespace).get("status", {}).get("phase") in ("Ready",),
              timeout_s=90, what="Ready (KWOK reports the pod ready; warm-up cannot reach a simulated pod)")  # fmt: skip
+    assert health(kubectl_json("infsvc/chat", "-n", namespace))["status"] == "Healthy"
+    assert health(kubectl_json(f"mcache/{llama}", "-n", namespace))["status"] == "Healthy"
     time.sleep(5)  # let in-flight status updates land
     quiet_from = time.time()
     time.sleep(60)

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from inferator.argocd import health
 from inferator.dev.cluster import LocalCluster
 from tests.cluster.conftest import OperatorProcess, wait_for
 
@@ -64,6 +65,7 @@ def test_sized_cache_gets_pvc_rbac_and_a_job_as_its_owner(
     cond = ready_condition(obj)
     assert (obj["status"]["phase"], cond["reason"]) == ("Failed", "PrefetchFailed")
     assert "without reporting a verified cache" in cond["message"]
+    assert health(obj)["status"] == "Degraded"
     events = kubectl_json("events", "-n", namespace, "--field-selector", "involvedObject.name=m")["items"]
     assert any(e["reason"] == "PrefetchFailed" for e in events)
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from inferator.argocd import health
 from inferator.dev.cluster import LocalCluster
 from tests.cluster.conftest import OperatorProcess, wait_for
 
@@ -45,6 +46,7 @@ def test_operator_reports_status_health_and_metrics(
     assert (cache_ready["status"], cache_ready["reason"]) == ("False", "CacheNotFound")
     assert "'missing' does not exist" in cache_ready["message"]
     assert svc["status"]["phase"] == "WaitingForCache"
+    assert health(svc)["status"] == "Degraded"  # a missing cache will not appear by waiting
     mc = wait_for(lambda: (o := kubectl_json("mcache/m", "-n", namespace)).get("status", {}).get("observedGeneration") and o,
                   what="ModelCache status")  # fmt: skip
     assert mc["status"]["observedGeneration"] == mc["metadata"]["generation"]

@@ -15,22 +15,56 @@ import sys
 from pathlib import Path
 
 
-def _bind(host: str, target: str, read_only: bool) -> None:
+def _bind(source_fd: int, is_dir: bool, target: str, read_only: bool) -> None:
+    """Bind an already-open source at `target`. --no-canonicalize: mount(8) would otherwise resolve
+    /proc/self/fd/N back to a path string, which an earlier mount may now hide."""
     target_path = Path(target)
-    if Path(host).is_dir():
+    if is_dir:
         target_path.mkdir(parents=True, exist_ok=True)
     else:
         target_path.parent.mkdir(parents=True, exist_ok=True)
         target_path.touch(exist_ok=True)
-    subprocess.run(["mount", "--bind", host, target], check=True)
+    subprocess.run(
+        ["mount", "--no-canonicalize", "--bind", f"/proc/self/fd/{source_fd}", target],
+        check=True,
+        pass_fds=[source_fd],
+    )
     if read_only:
         subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True)
 
 
+def _expose(paths: list[str]) -> None:
+    """Make an "image" path readable by any UID, as in a container image.
+
+    The interpreter of the virtualenv that plays the image may live below a private directory
+    (pyenv under /root, mode 700). Inside this mount namespace only, a world-readable tmpfs
+    covers that directory and the interpreter's prefix is bound back at its own path.
+    """
+    for path in paths:
+        blocked = next(
+            (p for p in reversed(Path(path).parents) if p != Path("/") and not os.stat(p).st_mode & 0o001),
+            None,
+        )
+        if blocked is None:
+            continue
+        fd = os.open(path, os.O_PATH)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(blocked)], check=True)
+        Path(path).mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "--no-canonicalize", "--bind", f"/proc/self/fd/{fd}", path], check=True, pass_fds=[fd]
+        )
+        os.close(fd)
+
+
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
-    for host, target, read_only in spec["mounts"]:
-        _bind(host, target, read_only)
+    # Open every source first: an earlier mount (an emptyDir on /tmp, say) may hide a later
+    # source path; an open descriptor still reaches it.
+    sources = [(os.open(host, os.O_PATH), Path(host).is_dir()) for host, _, _ in spec["mounts"]]
+    _expose(spec.get("expose") or [])
+    for (fd, is_dir), (_, target, read_only) in zip(sources, spec["mounts"], strict=True):
+        _bind(fd, is_dir, target, read_only)
+        os.close(fd)
     if spec.get("gid") is not None:
         os.setgroups(spec.get("groups") or [])
         os.setgid(spec["gid"])

@@ -285,7 +285,7 @@ class PodWorker(threading.Thread):
         spec_path = self.dir / f"{container.name}-{restarts}.json"
         spec_path.write_text(json.dumps({
             "mounts": bind, "uid": uid, "gid": gid, "groups": groups, "cwd": container.working_dir,
-            "argv": argv, "env": env,
+            "argv": argv, "env": env, "expose": [sys.base_prefix],
         }))  # fmt: skip
         spec_path.chmod(0o600)
         out = open(self.dir / f"{container.name}.log", "ab")  # noqa: SIM115 (owned by the child)
@@ -338,7 +338,11 @@ class PodWorker(threading.Thread):
         return False
 
     def _run_probe(self, kind: str, probe: Any, container: Any, proc: Proc) -> bool | None:
-        """None while the probe is not due; else its (threshold-filtered) verdict."""
+        """None while the probe is not due; else whether the probe's state is passing.
+
+        As the kubelet: a probe starts failing for readiness and startup, flips to passing on a
+        success, and back to failing only after `failureThreshold` consecutive failures.
+        """
         if probe is None:
             return True
         now = time.monotonic()
@@ -348,11 +352,17 @@ class PodWorker(threading.Thread):
         if now - proc.last_probe.get(kind, 0) < (probe.period_seconds or 10):
             return None
         proc.last_probe[kind] = now
+        passing_key = f"{kind}-passing"
         if self._probe(probe, container):
             proc.probe_failures[kind] = 0
+            proc.last_probe[passing_key] = 1
             return True
         proc.probe_failures[kind] = proc.probe_failures.get(kind, 0) + 1
-        return proc.probe_failures[kind] < (probe.failure_threshold or 3)
+        if proc.probe_failures[kind] >= (probe.failure_threshold or 3):
+            proc.last_probe[passing_key] = 0
+            return False
+        # Below the threshold: liveness keeps passing; readiness/startup keep their last state.
+        return kind == "liveness" or bool(proc.last_probe.get(passing_key, 0))
 
     # -- status -------------------------------------------------------------------------------
     def _patch_status(self, status: dict[str, Any]) -> None:
@@ -449,11 +459,15 @@ class PodWorker(threading.Thread):
                 if code is None:
                     if not proc.started:
                         verdict = self._run_probe("startup", c.startup_probe, c, proc)
-                        if verdict is False:
+                        if verdict and (
+                            c.startup_probe is None or proc.probe_failures.get("startup", 0) == 0
+                        ):
+                            proc.started = True
+                        elif verdict is False and proc.probe_failures.get("startup", 0) >= (
+                            c.startup_probe.failure_threshold or 3
+                        ):
                             self._stop(proc, grace)
                             code = proc.popen.returncode
-                        elif verdict:
-                            proc.started = True
                     if proc.started:
                         ready = self._run_probe("readiness", c.readiness_probe, c, proc)
                         if ready is not None:

@@ -64,7 +64,8 @@ KUBE = Component(
 )
 ETCD = Component("etcd", ETCD_VERSION, ("etcd",))
 KWOK = Component("kwok", KWOK_VERSION, ("kwok",))
-HELM = Component("helm", HELM_VERSION, ("helm",))
+# The "-2" marks a change to how Helm is built (its ldflags): a new key, so caches rebuild it.
+HELM = Component("helm", HELM_VERSION + "-2", ("helm",))
 ALL = (ETCD, KUBE, KWOK, HELM)
 
 
@@ -186,7 +187,14 @@ def build_kwok() -> None:
 
 def build_helm() -> None:
     go_mod = f"module inferator.dev/testbed-helm\n\ngo 1.26.0\n\nrequire helm.sh/helm/v3 {HELM_VERSION}\n"
-    ldflags = f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
+    # Helm's default capabilities (the Kubernetes version `helm template` and lint assume)
+    # are link-time variables too; without them Helm believes it talks to Kubernetes 1.20.
+    kube_minor = KUBE_VERSION.split(".")[1]
+    ldflags = (
+        f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"
+        f" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor={kube_minor}"
+        f" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor={kube_minor}"
+    )
     _build(HELM, go_mod, {"helm": "helm.sh/helm/v3/cmd/helm"}, ldflags)
 
 

@@ -101,6 +101,7 @@ def prefetch_env(
         "INFERATOR_STALL_TIMEOUT": str(spec.prefetch.stall_timeout_seconds),
         "INFERATOR_REVISION": resolved_revision,
         "INFERATOR_MODELCACHE": cache_name,
+        "INFERATOR_CONTENT_HASH": content_hash(spec),
         "INFERATOR_MODE": mode,
         "HOME": "/tmp",
     }

@@ -1,0 +1,93 @@
+"""`helm install` into the local control plane: the chart's operator, with only the chart's RBAC, does a round trip."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from inferator.dev import toolchain
+from inferator.dev.cluster import LocalCluster, free_port
+from inferator.dev.runner import RUNNER_LABEL
+from tests.cluster.conftest import wait_for
+from tests.cluster.test_inferenceservice_controller import LLAMA_8B, ready_cache, service
+
+pytestmark = pytest.mark.cluster
+CHART = Path(__file__).resolve().parents[2] / "charts" / "inferator"
+
+
+def helm(cluster: LocalCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(toolchain.binary("helm")), f"--kubeconfig={cluster.kubeconfig}", *args],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)}: {result.stderr}")
+    return result
+
+
+@pytest.fixture
+def release(cluster: LocalCluster, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """The chart installed into its own namespace; the operator pod really runs on the runner node."""
+    name = f"inf-{uuid.uuid4().hex[:6]}"
+    namespace = f"{name}-system"
+    cluster.create_namespace(namespace)
+    metrics_port, liveness_port = free_port(), free_port()
+    values = {
+        "image": {"repository": "local/inferator"},
+        "metrics": {"port": metrics_port},
+        "livenessPort": liveness_port,
+        "nodeSelector": {RUNNER_LABEL: "true"},
+        "tolerations": [{"key": RUNNER_LABEL, "operator": "Exists"}],
+    }
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+    helm(
+        cluster,
+        "install",
+        name,
+        str(CHART),
+        "-n",
+        namespace,
+        "--wait",
+        "--timeout=120s",
+        "-f",
+        str(tmp_path / "values.yaml"),
+    )
+    yield {"name": name, "namespace": namespace, "metrics_port": metrics_port}
+    for log in (cluster.state_dir / "runner" / "pods").glob(f"{namespace}_*/operator.log"):
+        print(f"---- {log} (tail) ----\n" + "\n".join(log.read_text(errors="replace").splitlines()[-60:]))
+    helm(cluster, "uninstall", name, "-n", namespace, "--wait", "--timeout=120s", check=False)
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_chart_operator_round_trip_with_only_its_rbac(
+    cluster: LocalCluster, namespace: str, release: dict[str, Any], kubectl_json: Any
+) -> None:
+    deploy = kubectl_json(f"deploy/{release['name']}-operator", "-n", release["namespace"])
+    assert deploy["status"]["readyReplicas"] == 1
+    ready_cache(cluster, namespace, "llama-8b", LLAMA_8B)
+    cluster.apply([service(namespace, "chat", "llama-8b")])
+    svc = wait_for(lambda: (o := kubectl_json("infsvc/chat", "-n", namespace)).get("status", {}).get("phase") == "Ready" and o,
+                   timeout_s=120, what="InferenceService Ready through the chart's operator")  # fmt: skip
+    assert svc["status"]["profile"]
+    cache = kubectl_json("mcache/llama-8b", "-n", namespace)
+    assert cache["status"]["phase"] == "Ready"
+    with urllib.request.urlopen(f"http://127.0.0.1:{release['metrics_port']}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    assert 'inferator_reconcile_total{kind="InferenceService",outcome="Ready"}' in metrics
+    assert 'inferator_reconcile_total{kind="ModelCache",outcome="Ready"}' in metrics
+    # RBAC was enough: the operator's log has no authorisation failure.
+    pods = kubectl_json("pods", "-n", release["namespace"])["items"]
+    log_dir = next(
+        (cluster.state_dir / "runner" / "pods").glob(
+            f"{release['namespace']}_{pods[0]['metadata']['name']}_*"
+        )
+    )
+    log = (log_dir / "operator.log").read_text()
+    assert "403" not in log and "Forbidden" not in log, log[-3000:]
+    assert json.loads(json.dumps(svc["status"]["conditions"]))

@@ -1,0 +1,60 @@
+"""Argo CD health checks (the Lua Argo CD runs), evaluated with lupa on statuses in the operator's shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from inferator.argocd import argocd_cm_data, health
+
+
+def obj(
+    kind: str,
+    generation: int,
+    observed: int | None,
+    phase: str | None,
+    ready: tuple[str, str] | None,
+    **status: Any,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"kind": kind, "metadata": {"name": "x", "generation": generation}}
+    if phase is None and ready is None and observed is None:
+        return body
+    conditions = [{"type": "Ready", "status": ready[0], "reason": ready[1], "message": "m"}] if ready else []
+    body["status"] = {"observedGeneration": observed, "phase": phase, "conditions": conditions, **status}
+    return body
+
+
+CASES = [
+    ("svc-no-status", obj("InferenceService", 1, None, None, None), "Progressing"),
+    ("svc-ready", obj("InferenceService", 3, 3, "Ready", ("True", "Serving")), "Healthy"),
+    ("svc-stale-generation", obj("InferenceService", 4, 3, "Ready", ("True", "Serving")), "Progressing"),
+    ("svc-waiting-for-cache", obj("InferenceService", 1, 1, "WaitingForCache", ("False", "WaitingForCache")), "Progressing"),
+    ("svc-deploying", obj("InferenceService", 1, 1, "Deploying", ("False", "WarmupFailed")), "Progressing"),
+    ("svc-no-profile", obj("InferenceService", 1, 1, "NoCompatibleProfile", ("False", "NoCompatibleProfile")), "Degraded"),
+    ("svc-refused", obj("InferenceService", 2, 2, "Degraded", ("False", "RuntimeRefused")), "Degraded"),
+    ("svc-invalid", obj("InferenceService", 1, 1, "Failed", ("False", "InvalidSpec")), "Degraded"),
+    ("cache-ready", obj("ModelCache", 1, 1, "Ready", ("True", "Prefetched")), "Healthy"),
+    ("cache-downloading", obj("ModelCache", 1, 1, "Downloading", ("False", "Downloading"), progress={"bytesDone": 1, "bytesTotal": 2}), "Progressing"),
+    ("cache-failed", obj("ModelCache", 2, 2, "Failed", ("False", "PrefetchFailed")), "Degraded"),
+    ("cache-stale-failed", obj("ModelCache", 3, 2, "Failed", ("False", "PrefetchFailed")), "Progressing"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "expected"), [(b, e) for _, b, e in CASES], ids=[i for i, _, _ in CASES])
+def test_health(body: dict[str, Any], expected: str) -> None:
+    assert health(body)["status"] == expected
+
+
+def test_messages_carry_the_reason_and_progress() -> None:
+    downloading = obj("ModelCache", 1, 1, "Downloading", ("False", "Downloading"),
+                      progress={"bytesDone": 2 * 2**30, "bytesTotal": 8 * 2**30})  # fmt: skip
+    assert health(downloading)["message"] == "Downloading: m (2.0 of 8.0 GiB)"
+    assert "observed generation 4" in health(CASES[2][1])["message"]
+
+
+def test_argocd_cm_keys() -> None:
+    assert sorted(argocd_cm_data()) == [
+        "resource.customizations.health.inferator.dev_InferenceService",
+        "resource.customizations.health.inferator.dev_ModelCache",
+    ]
