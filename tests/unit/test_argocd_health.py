@@ -30,6 +30,8 @@ CASES = [
     ("svc-ready", obj("InferenceService", 3, 3, "Ready", ("True", "Serving")), "Healthy"),
     ("svc-stale-generation", obj("InferenceService", 4, 3, "Ready", ("True", "Serving")), "Progressing"),
     ("svc-waiting-for-cache", obj("InferenceService", 1, 1, "WaitingForCache", ("False", "WaitingForCache")), "Progressing"),
+    ("svc-cache-missing", obj("InferenceService", 1, 1, "WaitingForCache", ("False", "CacheNotFound")), "Degraded"),
+    ("svc-cache-failed", obj("InferenceService", 1, 1, "WaitingForCache", ("False", "CacheFailed")), "Degraded"),
     ("svc-deploying", obj("InferenceService", 1, 1, "Deploying", ("False", "WarmupFailed")), "Progressing"),
     ("svc-no-profile", obj("InferenceService", 1, 1, "NoCompatibleProfile", ("False", "NoCompatibleProfile")), "Degraded"),
     ("svc-refused", obj("InferenceService", 2, 2, "Degraded", ("False", "RuntimeRefused")), "Degraded"),

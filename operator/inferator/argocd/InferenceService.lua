@@ -37,6 +37,7 @@ local degraded = {
   NoCompatibleProfile = true,
   RuntimeRefused = true,
   CacheNotFound = true,
+  CacheFailed = true,
 }
 if degraded[ready.reason] or obj.status.phase == "Failed" or obj.status.phase == "Degraded" then
   hs.status = "Degraded"

@@ -26,7 +26,15 @@ from inferator.api.common import CONDITION_STATUS
 from inferator.api.conditions import get_condition, set_condition
 from inferator.api.profile import ServingProfile
 from inferator.controllers import children, kube
-from inferator.controllers.metrics import RECONCILE_SECONDS, RECONCILES
+from inferator.controllers.metrics import (
+    CENSUS,
+    PROFILE_SELECTIONS,
+    RECONCILE_ERRORS,
+    RECONCILE_SECONDS,
+    RECONCILES,
+    TIME_TO_READY,
+    seconds_since,
+)
 from inferator.controllers.modelcache import validation_message
 from inferator.controllers.status import now_rfc3339
 from inferator.controllers.warmup import gate_condition, needs_warmup, warm_up
@@ -152,7 +160,12 @@ def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]
         or not cache_status.pvc_name
     ):
         why = f": {cache_ready.reason}: {cache_ready.message}" if cache_ready else ""
-        conds.set("CacheReady", "False", "CacheNotReady", f"ModelCache {cache_name!r} is not Ready yet{why}")
+        if cache_status.phase == "Failed":
+            conds.set("CacheReady", "False", "CacheFailed", f"ModelCache {cache_name!r} failed{why}")
+        else:
+            conds.set(
+                "CacheReady", "False", "CacheNotReady", f"ModelCache {cache_name!r} is not Ready yet{why}"
+            )
     else:
         conds.set(
             "CacheReady",
@@ -161,7 +174,11 @@ def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]
             f"ModelCache {cache_name!r} is Ready ({cache_status.resolved_revision or 'no revision'})",
         )
     if conds.values["CacheReady"][0] != "True":
-        conds.set("Ready", "False", "WaitingForCache", conds.values["CacheReady"][2])
+        _, cache_reason, cache_message = conds.values["CacheReady"]
+        # A missing or failed cache will not heal by waiting: Ready carries that reason, so
+        # Argo CD (which reads Ready) reports Degraded rather than Progressing.
+        ready_reason = cache_reason if cache_reason in ("CacheNotFound", "CacheFailed") else "WaitingForCache"
+        conds.set("Ready", "False", ready_reason, cache_message)
         return _finish(out, status, conds, "WaitingForCache", generation)
     assert cache is not None and cache_status.model is not None and cache_status.pvc_name is not None
 
@@ -259,10 +276,22 @@ def _diff(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-    with RECONCILE_SECONDS.labels(KIND).time():
+    with RECONCILE_SECONDS.labels(KIND).time(), RECONCILE_ERRORS.labels(KIND).count_exceptions():
         desired = reconcile(name, namespace, body)
     RECONCILES.labels(KIND, desired.get("phase", "")).inc()
     return _diff(body.get("status") or {}, desired)
+
+
+def _observe(body: dict[str, Any], old_status: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Metrics on transitions only, so a settled service leaves them still."""
+    if changes.get("profile") and changes["profile"] != old_status.get("profile"):
+        PROFILE_SELECTIONS.labels("selected").inc()
+    phase = changes.get("phase")
+    if phase == "NoCompatibleProfile" and old_status.get("phase") != phase:
+        PROFILE_SELECTIONS.labels("no_compatible_profile").inc()
+    age_s = seconds_since(body["metadata"].get("creationTimestamp"))
+    if phase == "Ready" and old_status.get("phase") != "Ready" and age_s is not None:
+        TIME_TO_READY.labels(KIND).observe(age_s)
 
 
 def _event_on_transition(body: kopf.Body, old_phase: str | None, changes: dict[str, Any]) -> None:
@@ -294,6 +323,7 @@ def reconcile_inferenceservice(
     changes = _run(name, namespace or "", raw)
     for key, value in changes.items():
         patch.status[key] = value
+    _observe(raw, raw["status"], changes)
     _event_on_transition(body, raw["status"].get("phase"), changes)
 
 
@@ -311,3 +341,12 @@ def child_changed(type: str | None, labels: kopf.Labels, namespace: str | None, 
     changes = _run(owner_name, namespace or "", owner)
     if changes:
         kube.patch_status(f"{API_GROUP}/{API_VERSION}", KIND, owner_name, namespace or "", changes)
+        _observe(owner, owner.get("status") or {}, changes)
+        _event_on_transition(cast(kopf.Body, owner), (owner.get("status") or {}).get("phase"), changes)
+
+
+@kopf.on.event(API_GROUP, API_VERSION, "inferenceservices")
+def census_inferenceservice(
+    type: str | None, name: str, namespace: str | None, status: kopf.Status, **_: Any
+) -> None:
+    CENSUS.observe(KIND, namespace or "", name, status.get("phase"), deleted=type == "DELETED")

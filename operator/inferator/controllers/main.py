@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 
 import kopf
+from kopf._core.engines.peering import Identity  # kopf exports the type only under its private path
 
 
 def main(argv: list[str]) -> int:
@@ -33,7 +36,11 @@ def main(argv: list[str]) -> int:
 
     settings.METRICS_PORT["port"] = args.metrics_port
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None
+    # kopf's default peering identity calls getpass.getuser(), which fails for a UID with no
+    # passwd entry (a restricted pod running as 65532): name ourselves after the pod instead.
+    identity = f"{os.environ.get('HOSTNAME') or socket.gethostname()}/{os.getpid()}"
     kopf.run(
+        identity=Identity(identity),
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=liveness,

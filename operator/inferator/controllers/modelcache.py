@@ -17,7 +17,16 @@ from inferator.api import API_GROUP, API_VERSION, ModelCacheSpec, ModelCacheStat
 from inferator.api.common import CONDITION_STATUS
 from inferator.api.conditions import set_condition
 from inferator.controllers import kube
-from inferator.controllers.metrics import RECONCILE_SECONDS, RECONCILES
+from inferator.controllers.metrics import (
+    CENSUS,
+    PREFETCH_BYTES,
+    PREFETCH_SECONDS,
+    RECONCILE_ERRORS,
+    RECONCILE_SECONDS,
+    RECONCILES,
+    TIME_TO_READY,
+    seconds_since,
+)
 from inferator.controllers.status import now_rfc3339, patch_status_if_changed
 from inferator.render import modelcache as render
 from inferator.settings import OperatorSettings
@@ -196,7 +205,7 @@ def reconcile_modelcache(
     logger: kopf.Logger,
     **_: Any,
 ) -> None:
-    with RECONCILE_SECONDS.labels(KIND).time():
+    with RECONCILE_SECONDS.labels(KIND).time(), RECONCILE_ERRORS.labels(KIND).count_exceptions():
         current = ModelCacheStatus.model_validate(dict(status))
         generation = meta.get("generation")
         try:
@@ -222,4 +231,24 @@ def reconcile_modelcache(
             kopf.event(body, type="Warning" if outcome.phase == "Failed" else "Normal",
                        reason=outcome.reason, message=outcome.message[:1024])  # fmt: skip
             logger.info("phase %s -> %s: %s", current.phase, outcome.phase, outcome.reason)
+            if outcome.phase == "Ready":
+                _observe_ready(body, namespace or "", current, outcome)
         RECONCILES.labels(KIND, outcome.phase).inc()
+
+
+def _observe_ready(body: kopf.Body, namespace: str, status: ModelCacheStatus, outcome: Outcome) -> None:
+    """Metrics of a cache that just became Ready: its bytes, its Job's run time, apply to Ready."""
+    PREFETCH_BYTES.inc(status.size_bytes or 0)
+    job = kube.get("batch/v1", "Job", outcome.job_name, namespace) if outcome.job_name else None
+    job_status = (job or {}).get("status") or {}
+    if (run_s := seconds_since(job_status.get("startTime"), job_status.get("completionTime"))) is not None:
+        PREFETCH_SECONDS.observe(run_s)
+    if (age_s := seconds_since(body["metadata"].get("creationTimestamp"))) is not None:
+        TIME_TO_READY.labels(KIND).observe(age_s)
+
+
+@kopf.on.event(API_GROUP, API_VERSION, "modelcaches")
+def census_modelcache(
+    type: str | None, name: str, namespace: str | None, status: kopf.Status, **_: Any
+) -> None:
+    CENSUS.observe(KIND, namespace or "", name, status.get("phase"), deleted=type == "DELETED")

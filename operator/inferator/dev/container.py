@@ -70,8 +70,7 @@ def main() -> None:
         os.setgid(spec["gid"])
     if spec.get("uid") is not None:
         os.setuid(spec["uid"])
-    if spec.get("cwd"):
-        os.chdir(spec["cwd"])
+    os.chdir(spec.get("cwd") or "/")  # an image's WORKDIR defaults to /
     argv = spec["argv"]
     try:
         os.execvpe(argv[0], argv, spec["env"])  # noqa: S606 (exec is the point: the pid is the container's)
