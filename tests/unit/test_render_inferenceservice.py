@@ -1,0 +1,130 @@
+"""The serving children rendered from a real selection: pure functions, no cluster."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from inferator.api.inferenceservice import InferenceServiceSpec
+from inferator.api.modelcache import Ownership
+from inferator.dev.nodes import DEFAULT_NODES, node_manifest
+from inferator.profiles import facts_from_config, select_profile
+from inferator.render import inferenceservice as render
+from inferator.settings import OperatorSettings
+
+LLAMA_8B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+    "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8,
+    "num_hidden_layers": 32, "max_position_embeddings": 131072, "vocab_size": 128256,
+    "torch_dtype": "bfloat16",
+}  # fmt: skip
+NODES = [node_manifest(n) for n in DEFAULT_NODES]
+
+
+def children(**spec: Any) -> dict[str, dict[str, Any]]:
+    keda = spec.pop("keda_installed", False)
+    parsed = InferenceServiceSpec.model_validate({"modelCacheRef": {"name": "llama"}, **spec})
+    facts = facts_from_config(LLAMA_8B, weight_bytes=16_060_522_496, parameter_count=8_030_261_248)
+    selection = select_profile(facts, NODES, parsed, served_model_name="llama")
+    assert selection.ok, selection.message
+    inputs = render.ServingInputs(
+        name="chat", namespace="team-a", spec=parsed, selection=selection, pvc_name="llama-weights",
+        ownership=Ownership(run_as_user=1000, run_as_group=1000, fs_group=1000),
+        settings=OperatorSettings(), keda_installed=keda,
+    )  # fmt: skip
+    return {obj["kind"]: obj for obj in render.render_children(inputs)}
+
+
+def container(objs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = objs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    return result
+
+
+def test_deployment_asks_for_the_profiles_gpus_on_its_pool() -> None:
+    objs = children()
+    pod = objs["Deployment"]["spec"]["template"]["spec"]
+    profile = json.loads(next(e["value"] for e in container(objs)["env"] if e["name"] == "INFERATOR_PROFILE"))
+    gpus = profile["tensorParallelSize"]
+    assert container(objs)["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    expressions = [e for t in terms for e in t["matchExpressions"]]
+    assert any(e["key"] == "nvidia.com/gpu.product" for e in expressions)
+    assert container(objs)["command"] == ["inferator", "runtime"]
+
+
+def test_pod_is_restricted_reads_the_cache_as_its_owner_and_mounts_no_token() -> None:
+    pod = children()["Deployment"]["spec"]["template"]["spec"]
+    sc = pod["securityContext"]
+    assert (sc["runAsNonRoot"], sc["runAsUser"], sc["runAsGroup"], sc["fsGroup"]) == (True, 1000, 1000, 1000)
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    csc = pod["containers"][0]["securityContext"]
+    assert csc["allowPrivilegeEscalation"] is False and csc["capabilities"]["drop"] == ["ALL"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["model"]["persistentVolumeClaim"] == {"claimName": "llama-weights", "readOnly": True}
+    assert volumes["shm"]["emptyDir"]["medium"] == "Memory"
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert mounts["model"]["readOnly"] is True
+
+
+def test_offline_environment_and_probes_on_the_engines_health_path() -> None:
+    c = container(children(serving={"startupTimeoutSeconds": 1800}))
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["HF_HUB_OFFLINE"] == "1" and env["TRANSFORMERS_OFFLINE"] == "1"
+    assert c["startupProbe"]["httpGet"]["path"] == "/health"
+    # the startup budget is the spec's, in probe periods of 10 s
+    assert c["startupProbe"]["failureThreshold"] * c["startupProbe"]["periodSeconds"] == 1800
+    assert c["livenessProbe"]["httpGet"]["path"] == c["readinessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_rollouts_never_need_a_spare_gpu_and_pods_carry_the_readiness_gate() -> None:
+    deployment = children()["Deployment"]
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    gates = deployment["spec"]["template"]["spec"]["readinessGates"]
+    assert gates == [{"conditionType": render.READINESS_GATE}]
+
+
+def test_network_policy_denies_egress_by_default_and_admits_chosen_namespaces() -> None:
+    policy = children(networking={"allowedNamespaces": ["apps"]})["NetworkPolicy"]["spec"]
+    assert sorted(policy["policyTypes"]) == ["Egress", "Ingress"]
+    assert policy.get("egress", []) == []
+    namespaces = policy["ingress"][0]["from"][1]["namespaceSelector"]["matchExpressions"][0]["values"]
+    assert namespaces == ["apps", "inferator-system"]
+
+
+def test_single_replica_gets_no_pdb_and_fixed_replicas() -> None:
+    objs = children(replicas=1)
+    assert "PodDisruptionBudget" not in objs and "HorizontalPodAutoscaler" not in objs
+    assert objs["Deployment"]["spec"]["replicas"] == 1
+
+
+def test_hpa_scales_on_the_engines_queue_metric_and_leaves_replicas_to_it() -> None:
+    objs = children(autoscaling={"minReplicas": 1, "maxReplicas": 4, "metric": "queueLength", "target": 8})
+    assert "replicas" not in objs["Deployment"]["spec"], "the autoscaler owns replicas"
+    hpa = objs["HorizontalPodAutoscaler"]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 4)
+    assert hpa["metrics"][0]["pods"]["metric"]["name"] == "vllm_num_requests_waiting"
+    assert hpa["metrics"][0]["pods"]["target"]["averageValue"] == "8"
+    assert objs["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize(("spec", "keda"), [({"minReplicas": 0, "maxReplicas": 2}, False),
+                                            ({"minReplicas": 1, "maxReplicas": 2}, True)])  # fmt: skip
+def test_keda_when_installed_or_for_scale_to_zero(spec: dict[str, Any], keda: bool) -> None:
+    objs = children(autoscaling={**spec, "metric": "kvCacheUsage", "target": 0.8}, keda_installed=keda)
+    assert "HorizontalPodAutoscaler" not in objs
+    scaled = objs["ScaledObject"]["spec"]
+    assert scaled["minReplicaCount"] == spec["minReplicas"]
+    query = scaled["triggers"][0]["metadata"]["query"]
+    assert query == 'avg(vllm:kv_cache_usage_perc{namespace="team-a",model_name="llama"})'
+
+
+def test_a_signal_the_engine_does_not_export_is_refused_with_the_choices() -> None:
+    with pytest.raises(
+        render.UnsupportedSignal, match=r"not exported by engine trtllm; use one of \['cpu'\]"
+    ):
+        children(autoscaling={"maxReplicas": 2, "metric": "queueLength"}, selector={"engines": ["trtllm"]})
