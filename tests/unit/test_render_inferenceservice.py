@@ -112,15 +112,34 @@ def test_hpa_scales_on_the_engines_queue_metric_and_leaves_replicas_to_it() -> N
     assert objs["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
 
 
-@pytest.mark.parametrize(("spec", "keda"), [({"minReplicas": 0, "maxReplicas": 2}, False),
+@pytest.mark.parametrize(("spec", "keda"), [({"minReplicas": 0, "maxReplicas": 2}, True),
                                             ({"minReplicas": 1, "maxReplicas": 2}, True)])  # fmt: skip
-def test_keda_when_installed_or_for_scale_to_zero(spec: dict[str, Any], keda: bool) -> None:
+def test_keda_scaled_object_when_installed_and_for_scale_to_zero(spec: dict[str, Any], keda: bool) -> None:
     objs = children(autoscaling={**spec, "metric": "kvCacheUsage", "target": 0.8}, keda_installed=keda)
     assert "HorizontalPodAutoscaler" not in objs
     scaled = objs["ScaledObject"]["spec"]
     assert scaled["minReplicaCount"] == spec["minReplicas"]
     query = scaled["triggers"][0]["metadata"]["query"]
-    assert query == 'avg(vllm:kv_cache_usage_perc{namespace="team-a",model_name="llama"})'
+    assert query == 'sum(vllm:kv_cache_usage_perc{namespace="team-a",model_name="llama"})'
+    assert scaled["triggers"][0]["metadata"]["threshold"] == "0.8"
+
+
+def test_keda_cpu_uses_the_cpu_trigger() -> None:
+    objs = children(autoscaling={"maxReplicas": 2, "metric": "cpu", "target": 70}, keda_installed=True)
+    assert objs["ScaledObject"]["spec"]["triggers"] == [
+        {"type": "cpu", "metricType": "Utilization", "metadata": {"value": "70"}}
+    ]
+
+
+def test_scale_to_zero_without_keda_is_refused_with_what_to_do() -> None:
+    with pytest.raises(render.AutoscalerUnavailable, match=r"install KEDA, or set autoscaling\.backend: hpa"):
+        children(autoscaling={"minReplicas": 0, "maxReplicas": 2})
+
+
+def test_cpu_profile_requests_the_memory_it_needs() -> None:
+    objs = children(selector={"engines": ["vllm-cpu"]}, serving={"maxModelLen": 4096})
+    assert container(objs)["resources"]["requests"]["memory"].endswith(("Mi", "Gi"))
+    assert "nvidia.com/gpu" not in container(objs)["resources"].get("limits", {})
 
 
 def test_a_signal_the_engine_does_not_export_is_refused_with_the_choices() -> None:

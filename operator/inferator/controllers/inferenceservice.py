@@ -207,6 +207,9 @@ def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]
     except render.UnsupportedSignal as exc:
         conds.set("Ready", "False", "InvalidSpec", str(exc))
         return _finish(out, status, conds, "Failed", generation)
+    except render.AutoscalerUnavailable as exc:
+        conds.set("Ready", "False", "AutoscalerUnavailable", str(exc))
+        return _finish(out, status, conds, "Failed", generation)
     owner = [kube.owner_reference(body)]
     wanted = set()
     for obj in desired:
@@ -254,8 +257,9 @@ def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]
         conds.set("Ready", "False", "WarmupFailed", warmup_failure)
         phase = "Deploying"
     else:
+        # Scaling up or rolling out: still progressing, not degraded (Argo CD reads the phase).
         conds.set("Ready", "False", "Deploying", f"{ready}/{desired_replicas} replicas ready")
-        phase = "Degraded" if ready >= 1 else "Deploying"
+        phase = "Deploying"
     return _finish(out, status, conds, phase, generation)
 
 

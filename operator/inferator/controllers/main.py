@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import socket
 
 import kopf
@@ -46,6 +47,9 @@ def main(argv: list[str]) -> int:
         liveness_endpoint=liveness,
         standalone=args.peering is None,
         peering_name=args.peering,
-        priority=100,
+        # kopf pauses every peer that sees another of equal or higher priority; equal
+        # priorities would pause all replicas. A random one per process makes exactly one
+        # active, and a standby takes over once the active peer's record expires.
+        priority=secrets.randbelow(1 << 30) + 1,
     )
     return 0

@@ -39,6 +39,10 @@ class UnsupportedSignal(ValueError):
     """The engine exports no metric for the requested autoscaling signal."""
 
 
+class AutoscalerUnavailable(ValueError):
+    """The spec needs KEDA (scale to zero, or backend keda) and the cluster has no ScaledObject CRD."""
+
+
 def labels(name: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "inferator-serving",
@@ -115,10 +119,22 @@ def _hpa_metric(engine: str, autoscaling: Autoscaling) -> dict[str, Any]:
             "target": {"type": "AverageValue", "averageValue": decimal_quantity(autoscaling.target)}}}  # fmt: skip
 
 
-def _keda_query(inputs: ServingInputs, autoscaling: Autoscaling, engine: str, served: str) -> str:
+def _keda_trigger(
+    inputs: ServingInputs, autoscaling: Autoscaling, engine: str, served: str
+) -> dict[str, Any]:
+    """One KEDA trigger. The Prometheus query sums over pods: KEDA's default AverageValue target
+    divides that sum by the target per replica, so `target` means "per replica" for every signal
+    (an average would cap the replicas at ceil(1 / target) for a fraction like KV-cache use)."""
+    if autoscaling.metric == "cpu":
+        return {
+            "type": "cpu",
+            "metricType": "Utilization",
+            "metadata": {"value": str(int(autoscaling.target))},
+        }
     metric = signal_metric(engine, autoscaling.metric)
-    aggregate = "avg" if autoscaling.metric == "kvCacheUsage" else "sum"
-    return f'{aggregate}({metric}{{namespace="{inputs.namespace}",model_name="{served}"}})'
+    query = f'sum({metric}{{namespace="{inputs.namespace}",model_name="{served}"}})'
+    return {"type": "prometheus", "metadata": {"serverAddress": inputs.settings.prometheus_url,
+            "query": query, "threshold": str(autoscaling.target)}}  # fmt: skip
 
 
 def _peers(inputs: ServingInputs) -> list[dict[str, Any]]:
@@ -136,6 +152,9 @@ def _resources(inputs: ServingInputs) -> dict[str, Any]:
     user = inputs.spec.resources
     requests: dict[str, Any] = dict(user.requests or {}) if user else {}
     limits: dict[str, Any] = dict(user.limits or {}) if user else {}
+    if inputs.selection.memory_request_bytes and "memory" not in requests:
+        # CPU engines hold weights and KV cache in RAM: ask the scheduler for it.
+        requests["memory"] = binary_quantity(inputs.selection.memory_request_bytes)
     gpus = inputs.selection.gpu_request
     if gpus:
         requests["nvidia.com/gpu"] = str(gpus)
@@ -203,9 +222,15 @@ def render_children(inputs: ServingInputs) -> list[dict[str, Any]]:
         objects.append(render_manifest("serving-hpa.yaml.j2", **common, autoscaling=spec.autoscaling,
                                        metric=_hpa_metric(profile.engine, spec.autoscaling)))  # fmt: skip
     elif kind == "keda" and spec.autoscaling:
-        query = _keda_query(inputs, spec.autoscaling, profile.engine, profile.served_model_name)
+        if not inputs.keda_installed:
+            raise AutoscalerUnavailable(
+                "autoscaling needs KEDA (minReplicas: 0 or backend: keda) but the cluster has no "
+                "ScaledObject CRD (keda.sh/v1alpha1): install KEDA, or set autoscaling.backend: hpa "
+                "with minReplicas >= 1"
+            )
+        trigger = _keda_trigger(inputs, spec.autoscaling, profile.engine, profile.served_model_name)
         objects.append(render_manifest("serving-scaledobject.yaml.j2", **common, autoscaling=spec.autoscaling,
-                                       prometheus_url=inputs.settings.prometheus_url, query=query))  # fmt: skip
+                                       trigger=trigger))  # fmt: skip
     if inputs.servicemonitor_installed:
         objects.append(
             render_manifest("serving-servicemonitor.yaml.j2", **common, metrics_path=profile.metrics_path)

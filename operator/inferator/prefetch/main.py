@@ -1,0 +1,243 @@
+"""`inferator prefetch`: size or fetch a model into the cache, report on the ModelCache, exit with a code.
+
+size:  list the source (include/exclude applied), resolve the revision, report sizeBytes,
+       resolvedRevision and contentHash. Writes nothing to disk.
+fetch: prepare the cache (fails at once with exit 3 if this UID cannot write it), list, and
+       either find a matching manifest (done: sizes checked, reported) or download what the
+       journal does not already hold, verify, rename into place, read the model's facts,
+       write the manifest last, and report the result.
+pvc:// sources are verified in place instead of downloaded (see sources/pvc.py).
+
+Exit codes (the Job's podFailurePolicy fails at once on 2, 3 and 5): 0 done, 1 retryable,
+2 verification failed, 3 cache not writable, 5 no space. The reason is one line on stderr
+and in the termination log (INFERATOR_TERMINATION_LOG, default /dev/termination-log).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from inferator.api.modelcache import ModelFacts, Progress
+from inferator.prefetch.config import PrefetchConfig, load_config
+from inferator.prefetch.download import Downloader, plan_downloads
+from inferator.prefetch.errors import (
+    EXIT_OK,
+    EXIT_RETRYABLE,
+    NoSpaceError,
+    PrefetchError,
+    VerificationError,
+    classify_os_error,
+    free_bytes,
+)
+from inferator.prefetch.journal import Journal
+from inferator.prefetch.layout import CacheLayout
+from inferator.prefetch.manifest import (
+    build_manifest,
+    files_on_disk_match,
+    manifest_matches,
+    read_manifest,
+    write_manifest,
+)
+from inferator.prefetch.progress import ProgressCounter, ProgressTicker
+from inferator.prefetch.redact import RedactingFormatter, Redactor
+from inferator.prefetch.report import (
+    KubernetesStatusSink,
+    Reporter,
+    StatusSink,
+    StdoutSink,
+    final_status,
+    size_status,
+)
+from inferator.prefetch.retry import RetryPolicy
+from inferator.prefetch.sources import Listing, PvcSource, open_source
+from inferator.prefetch.sources.listing import safe_relative_path
+from inferator.prefetch.verify import check_safetensors
+from inferator.profiles.model_facts import facts_from_directory
+
+log = logging.getLogger("inferator.prefetch")
+
+MAX_REASON_BYTES = 4000  # Kubernetes keeps 4096 bytes of a termination message
+_QUIET_LOGGERS = ("urllib3", "botocore", "boto3", "s3transfer", "huggingface_hub", "httpx2", "kubernetes")
+
+
+def setup_logging(redactor: Redactor, stream: object = None) -> None:
+    """One stderr handler whose every line has been through the redactor (libraries' lines too)."""
+    handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+    handler.setFormatter(RedactingFormatter(redactor, "%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def one_line(reason: str) -> str:
+    """The termination message: a single line under Kubernetes' 4 KiB limit."""
+    line = " ".join(reason.split())
+    encoded = line.encode()
+    if len(encoded) > MAX_REASON_BYTES:
+        line = encoded[: MAX_REASON_BYTES - 3].decode(errors="ignore") + "..."
+    return line
+
+
+def write_termination_log(path: Path, reason: str) -> None:
+    """Best effort: the file exists in a pod; run by hand it usually does not, which is fine."""
+    try:
+        with open(path, "w") as handle:
+            handle.write(reason + "\n")
+    except OSError:
+        pass
+
+
+def read_facts(model_dir: Path) -> ModelFacts:
+    """config.json + safetensors headers of what is now on disk; a failure is a verification failure."""
+    try:
+        return facts_from_directory(model_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VerificationError(f"cannot read the model's facts from {model_dir}: {exc}") from exc
+
+
+def run_size(config: PrefetchConfig, reporter: Reporter) -> str:
+    source = open_source(config, RetryPolicy(config.max_attempts, config.retry_backoff_s))
+    listing = source.list_files()
+    revision = f" at revision {listing.revision}" if listing.revision else ""
+    summary = f"{source.describe()}{revision}: {len(listing.files)} files, {listing.total_bytes} bytes"
+    log.info("%s", summary)
+    reporter.final(size_status(config.content_hash, listing.total_bytes, listing.revision))
+    return summary
+
+
+def _prune(layout: CacheLayout, journal: Journal, stale: set[str]) -> None:
+    """Delete files this cache held for an earlier listing (another revision) that are no longer listed."""
+    removed = set()
+    for path in sorted(stale):
+        try:
+            relative = safe_relative_path(path, "manifest")
+        except PrefetchError:
+            continue
+        try:
+            layout.final_path(relative).unlink()
+            log.info("removed %s (not in the current listing)", relative)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise classify_os_error(exc, layout.final_path(relative)) from exc
+        removed.add(path)
+    if removed:
+        journal.forget(removed)
+
+
+def _report_done(
+    config: PrefetchConfig, reporter: Reporter, listing: Listing, facts: ModelFacts, progress: Progress
+) -> None:
+    reporter.final(final_status(config.content_hash, listing.total_bytes, listing.revision, facts, progress))
+
+
+def run_fetch(config: PrefetchConfig, reporter: Reporter) -> str:
+    layout = CacheLayout(config.dest)
+    layout.prepare()
+    retry = RetryPolicy(config.max_attempts, config.retry_backoff_s)
+    source = open_source(config, retry)
+    listing = source.list_files()
+    files_total = len(listing.files)
+    model_dir = source.model_dir if isinstance(source, PvcSource) else layout.root
+    revision = f", revision {listing.revision}" if listing.revision else ""
+    log.info("%s: %d files, %d bytes%s", source.describe(), files_total, listing.total_bytes, revision)
+
+    existing = read_manifest(layout)
+    if existing is not None and manifest_matches(existing, config.source, listing):
+        wrong = files_on_disk_match(existing, layout)
+        if not wrong:
+            facts = existing.model or read_facts(model_dir)
+            done = Progress(
+                bytes_done=listing.total_bytes, bytes_total=listing.total_bytes,
+                files_done=files_total, files_total=files_total,
+            )  # fmt: skip
+            _report_done(config, reporter, listing, facts, done)
+            return f"already complete: {files_total} files, {listing.total_bytes} bytes{revision}"
+        log.warning(
+            "the manifest matches but %d files differ on disk (%s): fetching them", len(wrong), wrong[0]
+        )
+    if existing is not None:
+        layout.remove_manifest()
+
+    journal = Journal(layout.journal)
+    progress = ProgressCounter(listing.total_bytes, files_total)
+    if isinstance(source, PvcSource):
+        for file in listing.files:
+            check_safetensors(file.path, layout.final_path(file.path))
+            progress.already_done(file.size, whole_file=True)
+        sha256s: dict[str, str | None] = {}
+    else:
+        plan = plan_downloads(listing.files, layout, journal)
+        keep = {layout.part_path(f) for f in plan.todo}
+        for stale_part in layout.stale_parts(keep):
+            stale_part.unlink(missing_ok=True)
+        for file in listing.files:
+            if file.path in plan.complete:
+                progress.already_done(file.size, whole_file=True)
+        progress.already_done(plan.resumable_bytes, whole_file=False)
+        needed = sum(f.size for f in plan.todo) - plan.resumable_bytes
+        free = free_bytes(layout.root)
+        if needed > free:
+            raise NoSpaceError(layout.root, needed, free)
+        if plan.complete:
+            log.info("%d files already verified by an earlier run", len(plan.complete))
+        reporter.progress(progress.snapshot())
+        downloader = Downloader(source, layout, journal, progress, retry, config.parallel)
+        with ProgressTicker(progress, reporter.progress, config.progress_interval_s):
+            fetched = downloader.run(plan.todo)
+        sha256s = {**plan.complete, **fetched}
+        listed = {f.path for f in listing.files}
+        previous = {f.path for f in existing.files} if existing is not None else set()
+        _prune(layout, journal, (previous | set(journal.entries)) - listed)
+
+    facts = read_facts(model_dir)
+    write_manifest(layout, build_manifest(config.source, listing, sha256s, facts))
+    final = progress.snapshot(final=True)
+    _report_done(config, reporter, listing, facts, final)
+    rate = f", {final.bytes_per_second / 1e6:.1f} MB/s" if final.bytes_per_second else ""
+    return f"complete: {files_total} files, {listing.total_bytes} bytes{revision}{rate}"
+
+
+def execute(config: PrefetchConfig, sink: StatusSink, redactor: Redactor) -> int:
+    """Run one prefetch; the exit code. Every failure leaves a one-line, secret-free reason."""
+    reporter = Reporter(sink, redactor)
+    try:
+        summary = run_size(config, reporter) if config.mode == "size" else run_fetch(config, reporter)
+    except PrefetchError as exc:
+        code, reason = exc.exit_code, str(exc)
+    except OSError as exc:
+        error = classify_os_error(exc, config.dest)
+        code, reason = error.exit_code, str(error)
+    except Exception as exc:
+        log.debug("unexpected error", exc_info=True)
+        code, reason = EXIT_RETRYABLE, f"unexpected error: {type(exc).__name__}: {exc}"
+    else:
+        log.info("%s", summary)
+        write_termination_log(config.termination_log, one_line(redactor(summary)))
+        return EXIT_OK
+    reason = one_line(redactor(reason))
+    log.error("prefetch failed (exit %d): %s", code, reason)
+    write_termination_log(config.termination_log, reason)
+    return code
+
+
+def main(argv: list[str]) -> int:
+    config = load_config(argv, os.environ)
+    redactor = Redactor(config.credentials.values())
+    setup_logging(redactor)
+    sink: StatusSink
+    if config.modelcache:
+        if not config.namespace:
+            log.error("INFERATOR_MODELCACHE is set but INFERATOR_NAMESPACE is not")
+            return EXIT_RETRYABLE
+        sink = KubernetesStatusSink(config.modelcache, config.namespace)
+    else:
+        sink = StdoutSink()
+    return execute(config, sink, redactor)
