@@ -69,13 +69,13 @@ def test_operator_runs_restricted_and_with_peering() -> None:
 
 
 def test_namespaced_watch() -> None:
-    deploy = next(
-        d
-        for d in rendered("watch.allNamespaces=false", "watch.namespaces={a,b}")
-        if d["kind"] == "Deployment"
-    )
+    docs = rendered("watch.allNamespaces=false", "watch.namespaces={a,b}")
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=a" in args and "--namespace=b" in args and "--all-namespaces" not in args
+    # kopf peers through a KopfPeering in each watched namespace, not the cluster-wide object
+    peerings = [(d["kind"], d["metadata"].get("namespace")) for d in docs if d["kind"].endswith("KopfPeering")]
+    assert sorted(peerings) == [("KopfPeering", "a"), ("KopfPeering", "b")]
 
 
 def test_engine_images_reach_the_operator() -> None:
