@@ -36,6 +36,7 @@ from inferator.controllers.metrics import (
     seconds_since,
 )
 from inferator.controllers.modelcache import validation_message
+from inferator.controllers.settings import SELECTION
 from inferator.controllers.status import now_rfc3339
 from inferator.controllers.warmup import gate_condition, needs_warmup, warm_up
 from inferator.profiles.select import Selection, select_profile
@@ -122,12 +123,16 @@ def _select(
     spec: InferenceServiceSpec, status: InferenceServiceStatus, generation: int, facts: Any, served: str
 ) -> Selection:
     nodes = list_nodes()
-    if status.profile and status.profile_generation == generation:
-        kept = select_profile(facts, nodes, spec.model_copy(update={"profile": status.profile, "selector": None}),
+
+    def select(for_spec: InferenceServiceSpec) -> Selection:
+        return select_profile(facts, nodes, for_spec, SELECTION.settings, catalog=SELECTION.catalog,
                               served_model_name=served)  # fmt: skip
+
+    if status.profile and status.profile_generation == generation:
+        kept = select(spec.model_copy(update={"profile": status.profile, "selector": None}))
         if kept.ok:
             return kept
-    return select_profile(facts, nodes, spec, served_model_name=served)
+    return select(spec)
 
 
 def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +189,9 @@ def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]
 
     cache_spec = ModelCacheSpec.model_validate(cache["spec"])
     selection = _select(spec, status, generation, cache_status.model, cache_name)
-    out["candidates"] = [c.to_k8s() for c in selection.status_candidates()]
+    out["candidates"] = [
+        c.to_k8s() for c in selection.status_candidates(SELECTION.settings.status_candidates)
+    ]
     if not selection.ok or selection.profile is None:
         conds.set("ProfileSelected", "False", "NoCompatibleProfile", selection.message)
         conds.set("Ready", "False", "NoCompatibleProfile", selection.message)
