@@ -23,6 +23,14 @@ pytestmark = pytest.mark.cluster
 CHART = Path(__file__).resolve().parents[2] / "charts" / "inferator"
 
 
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus exposition text as {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
+
+
 def helm(cluster: LocalCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([str(toolchain.binary("helm")), f"--kubeconfig={cluster.kubeconfig}", *args],
                             capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -81,6 +89,13 @@ def test_chart_operator_round_trip_with_only_its_rbac(
         metrics = r.read().decode()
     assert 'inferator_reconcile_total{kind="InferenceService",outcome="Ready"}' in metrics
     assert 'inferator_reconcile_total{kind="ModelCache",outcome="Ready"}' in metrics
+    values = samples(metrics)
+    assert values[("inferator_profile_selections_total", (("outcome", "selected"),))] >= 1
+    assert values[("inferator_time_to_ready_seconds_count", (("kind", "InferenceService"),))] >= 1
+    assert values[("inferator_time_to_ready_seconds_count", (("kind", "ModelCache"),))] >= 1
+    assert values[("inferator_prefetch_bytes_total", ())] >= LLAMA_8B["weightBytes"]
+    assert values[("inferator_resources", (("kind", "InferenceService"), ("phase", "Ready")))] >= 1
+    assert values[("inferator_reconcile_duration_seconds_count", (("kind", "ModelCache"),))] >= 1
     # RBAC was enough: the operator's log has no authorisation failure.
     pods = kubectl_json("pods", "-n", release["namespace"])["items"]
     log_dir = next(

@@ -138,14 +138,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     environ = os.environ
-    name = "?"
+    what = "refusing to start"
     try:
         profile = load_profile(environ)
-        name = profile.name
+        what = f"refusing to start profile {profile.name}"
         gpus_line = assert_gpus(profile)
         cache_line = assert_cache(Path(environ.get(MODEL_DIR_ENV) or DEFAULT_MODEL_DIR))
     except Refusal as refusal:
-        print(f"inferator runtime: refusing to start profile {name}: {refusal.reason}", file=sys.stderr)
+        print(f"inferator runtime: {what}: {refusal.reason}", file=sys.stderr)
         if not args.check_only:
             write_termination_log(refusal.reason, environ)
         return refusal.code
