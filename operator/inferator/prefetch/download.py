@@ -10,6 +10,7 @@ long shards start early and the small files fill the gaps.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
@@ -30,6 +31,9 @@ from inferator.prefetch.verify import StreamingDigest, verify_file
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 8 << 20  # large reads and writes: few syscalls and GIL round-trips per GiB
+# Start writing dirty pages back every this many bytes, so the fsync before the rename finds
+# little left to do, and a 100 GiB model does not evict the node's page cache as it lands.
+WRITEBACK_BYTES = 64 << 20
 
 
 class Stopped(PrefetchError):
@@ -85,13 +89,13 @@ class Downloader:
         self.parallel = parallel
         self.stop = threading.Event()
 
-    def run(self, files: tuple[RemoteFile, ...]) -> dict[str, str]:
-        """Fetch every file; {path: sha256}. The first real failure stops the others and is raised."""
-        results: dict[str, str] = {}
+    def run(self, files: tuple[RemoteFile, ...]) -> dict[str, str | None]:
+        """Fetch every file; {path: sha256 or None}. The first real failure stops the others and is raised."""
+        results: dict[str, str | None] = {}
         first_error: BaseException | None = None
         ordered = sorted(files, key=lambda f: (-f.size, f.path))
         with ThreadPoolExecutor(max_workers=max(1, self.parallel), thread_name_prefix="prefetch") as pool:
-            futures: dict[Future[str], RemoteFile] = {pool.submit(self.fetch, f): f for f in ordered}
+            futures: dict[Future[str | None], RemoteFile] = {pool.submit(self.fetch, f): f for f in ordered}
             for future in as_completed(futures):
                 try:
                     results[futures[future].path] = future.result()
@@ -107,8 +111,8 @@ class Downloader:
             raise first_error
         return results
 
-    def fetch(self, file: RemoteFile) -> str:
-        """Download, verify and rename one file; its sha256."""
+    def fetch(self, file: RemoteFile) -> str | None:
+        """Download, verify and rename one file; its sha256 when the source published one."""
         if self.stop.is_set():
             raise Stopped("stopped")
         part = _Part(self.layout.part_path(file), file)
@@ -153,10 +157,10 @@ class Downloader:
             size = part.path.stat().st_size
         except FileNotFoundError:
             return
-        part.offset = size
-        if size > part.file.size:
-            self._restart(part)
+        if size > part.file.size:  # not a prefix of this file (and not counted as progress): start over
+            part.path.unlink(missing_ok=True)
             return
+        part.offset = size
         try:
             part.digest.update_from_file(part.path, size)
         except OSError:
@@ -205,6 +209,7 @@ class Downloader:
             with open(part.path, "ab" if part.offset else "wb", buffering=0) as handle:
                 if part.offset:
                     handle.truncate(part.offset)  # a torn last write from a kill: drop what was not counted
+                written_back = part.offset
                 while part.offset < size:
                     chunk = stream.read(min(CHUNK_BYTES, size - part.offset))
                     if not chunk:
@@ -213,6 +218,9 @@ class Downloader:
                     part.digest.update(chunk)
                     part.offset += len(chunk)
                     self.progress.add(len(chunk))
+                    if part.offset - written_back >= WRITEBACK_BYTES:
+                        _start_writeback(handle, written_back, part.offset - written_back)
+                        written_back = part.offset
                     if self.stop.is_set():
                         raise Stopped("stopped")
                 os.fsync(handle.fileno())
@@ -228,6 +236,12 @@ class _Part:
         self.file = file
         self.offset = 0
         self.digest = StreamingDigest(file)
+
+
+def _start_writeback(handle: io.FileIO, offset: int, length: int) -> None:
+    """POSIX_FADV_DONTNEED starts asynchronous writeback of the range (and drops it once clean)."""
+    with contextlib.suppress(OSError, AttributeError):  # an optimisation only: not every filesystem has it
+        os.posix_fadvise(handle.fileno(), offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def _write_all(handle: io.FileIO, data: bytes) -> None:

@@ -20,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+from inferator.api.cache_manifest import CacheManifest
 from inferator.api.modelcache import ModelFacts, Progress
 from inferator.prefetch.config import PrefetchConfig, load_config
 from inferator.prefetch.download import Downloader, plan_downloads
@@ -52,7 +53,7 @@ from inferator.prefetch.report import (
     size_status,
 )
 from inferator.prefetch.retry import RetryPolicy
-from inferator.prefetch.sources import Listing, PvcSource, open_source
+from inferator.prefetch.sources import Listing, PvcSource, Source, open_source
 from inferator.prefetch.sources.listing import safe_relative_path
 from inferator.prefetch.verify import check_safetensors
 from inferator.profiles.model_facts import facts_from_directory
@@ -138,11 +139,55 @@ def _report_done(
     reporter.final(final_status(config.content_hash, listing.total_bytes, listing.revision, facts, progress))
 
 
+def _verify_in_place(
+    listing: Listing, layout: CacheLayout, progress: ProgressCounter
+) -> dict[str, str | None]:
+    """pvc://: the files are already there; check each safetensors file against its header."""
+    for file in listing.files:
+        check_safetensors(file.path, layout.final_path(file.path))
+        progress.already_done(file.size, whole_file=True)
+    return {}
+
+
+def _download(
+    config: PrefetchConfig,
+    source: Source,
+    listing: Listing,
+    layout: CacheLayout,
+    progress: ProgressCounter,
+    reporter: Reporter,
+    previous: CacheManifest | None,
+) -> dict[str, str | None]:
+    """Fetch what the journal does not already hold, then prune files of an earlier listing."""
+    journal = Journal(layout.journal)
+    plan = plan_downloads(listing.files, layout, journal)
+    for stale_part in layout.stale_parts({layout.part_path(f) for f in plan.todo}):
+        stale_part.unlink(missing_ok=True)
+    for file in listing.files:
+        if file.path in plan.complete:
+            progress.already_done(file.size, whole_file=True)
+    progress.already_done(plan.resumable_bytes, whole_file=False)
+    needed = sum(f.size for f in plan.todo) - plan.resumable_bytes
+    free = free_bytes(layout.root)
+    if needed > free:
+        raise NoSpaceError(layout.root, needed, free)
+    if plan.complete:
+        log.info("%d files already verified by an earlier run", len(plan.complete))
+    reporter.progress(progress.snapshot())
+    retry = RetryPolicy(config.max_attempts, config.retry_backoff_s)
+    downloader = Downloader(source, layout, journal, progress, retry, config.parallel)
+    with ProgressTicker(progress, reporter.progress, config.progress_interval_s):
+        fetched = downloader.run(plan.todo)
+    listed = {f.path for f in listing.files}
+    earlier = {f.path for f in previous.files} if previous is not None else set()
+    _prune(layout, journal, (earlier | set(journal.entries)) - listed)
+    return {**plan.complete, **fetched}
+
+
 def run_fetch(config: PrefetchConfig, reporter: Reporter) -> str:
     layout = CacheLayout(config.dest)
     layout.prepare()
-    retry = RetryPolicy(config.max_attempts, config.retry_backoff_s)
-    source = open_source(config, retry)
+    source = open_source(config, RetryPolicy(config.max_attempts, config.retry_backoff_s))
     listing = source.list_files()
     files_total = len(listing.files)
     model_dir = source.model_dir if isinstance(source, PvcSource) else layout.root
@@ -164,38 +209,13 @@ def run_fetch(config: PrefetchConfig, reporter: Reporter) -> str:
             "the manifest matches but %d files differ on disk (%s): fetching them", len(wrong), wrong[0]
         )
     if existing is not None:
-        layout.remove_manifest()
+        layout.remove_manifest()  # from here on the cache changes: not complete until a new manifest
 
-    journal = Journal(layout.journal)
     progress = ProgressCounter(listing.total_bytes, files_total)
     if isinstance(source, PvcSource):
-        for file in listing.files:
-            check_safetensors(file.path, layout.final_path(file.path))
-            progress.already_done(file.size, whole_file=True)
-        sha256s: dict[str, str | None] = {}
+        sha256s = _verify_in_place(listing, layout, progress)
     else:
-        plan = plan_downloads(listing.files, layout, journal)
-        keep = {layout.part_path(f) for f in plan.todo}
-        for stale_part in layout.stale_parts(keep):
-            stale_part.unlink(missing_ok=True)
-        for file in listing.files:
-            if file.path in plan.complete:
-                progress.already_done(file.size, whole_file=True)
-        progress.already_done(plan.resumable_bytes, whole_file=False)
-        needed = sum(f.size for f in plan.todo) - plan.resumable_bytes
-        free = free_bytes(layout.root)
-        if needed > free:
-            raise NoSpaceError(layout.root, needed, free)
-        if plan.complete:
-            log.info("%d files already verified by an earlier run", len(plan.complete))
-        reporter.progress(progress.snapshot())
-        downloader = Downloader(source, layout, journal, progress, retry, config.parallel)
-        with ProgressTicker(progress, reporter.progress, config.progress_interval_s):
-            fetched = downloader.run(plan.todo)
-        sha256s = {**plan.complete, **fetched}
-        listed = {f.path for f in listing.files}
-        previous = {f.path for f in existing.files} if existing is not None else set()
-        _prune(layout, journal, (previous | set(journal.entries)) - listed)
+        sha256s = _download(config, source, listing, layout, progress, reporter, existing)
 
     facts = read_facts(model_dir)
     write_manifest(layout, build_manifest(config.source, listing, sha256s, facts))

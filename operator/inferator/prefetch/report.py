@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -88,7 +89,8 @@ class KubernetesStatusSink:
                 kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
             except kubernetes.config.ConfigException:
                 # Run by hand with --modelcache from a workstation: the kubeconfig's context.
-                kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+                # KUBECONFIG read now: the client's default is fixed when it is first imported.
+                kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
             from inferator import __version__
 
             api_client = kubernetes.client.ApiClient()

@@ -1,7 +1,9 @@
 """Checks that a file is what the source says it is, before it may be renamed into place.
 
 Size always; sha256 whenever the source publishes it (hashed while streaming, so no second
-read); the git blob sha1 Hugging Face lists for small non-LFS files; and for safetensors,
+read; a file without a published digest is not hashed: on a 2-core node hashing costs more
+CPU than the transfer itself, and nothing would be compared); the git blob sha1 Hugging Face
+lists for its small non-LFS files; and for safetensors,
 that the file is exactly as long as its own header says (a truncated shard fails here even
 from a source that publishes no digest). A file that fails is never renamed into place.
 """
@@ -20,22 +22,29 @@ HASH_READ_BYTES = 8 << 20
 
 
 class StreamingDigest:
-    """sha256 of the bytes seen so far, plus the git blob sha1 when the listing gives one to check."""
+    """The digests the listing gives to check, over the bytes seen so far: sha256, git blob sha1."""
 
     def __init__(self, file: RemoteFile) -> None:
-        self.sha256 = hashlib.sha256()
+        self.sha256: Any = hashlib.sha256() if file.sha256 else None
         self.git: Any = None
         if file.git_blob_sha1:
             # git hashes "blob <size>\0" + content; sha1 is git's object name, not a security choice here.
             self.git = hashlib.sha1(f"blob {file.size}\0".encode(), usedforsecurity=False)
 
+    @property
+    def active(self) -> bool:
+        return self.sha256 is not None or self.git is not None
+
     def update(self, data: bytes | memoryview) -> None:
-        self.sha256.update(data)
+        if self.sha256 is not None:
+            self.sha256.update(data)
         if self.git is not None:
             self.git.update(data)
 
     def update_from_file(self, path: Path, length: int) -> None:
         """Hash the first `length` bytes of a partial download being resumed."""
+        if not self.active:
+            return
         with open(path, "rb") as handle:
             remaining = length
             while remaining > 0:
@@ -58,11 +67,11 @@ def safetensors_expected_size(path: Path) -> int:
     return 8 + header_bytes + data_end
 
 
-def verify_file(file: RemoteFile, path: Path, size: int, digest: StreamingDigest) -> str:
-    """Raise VerificationError unless the bytes at `path` match the listing; return their sha256 (hex)."""
+def verify_file(file: RemoteFile, path: Path, size: int, digest: StreamingDigest) -> str | None:
+    """Raise VerificationError unless the bytes at `path` match the listing; their sha256 when checked."""
     if size != file.size:
         raise VerificationError(f"size mismatch for {file.path}: expected {file.size} bytes, got {size}")
-    got = digest.sha256.hexdigest()
+    got = digest.sha256.hexdigest() if digest.sha256 is not None else None
     if file.sha256 and got != file.sha256.lower():
         raise VerificationError(f"sha256 mismatch for {file.path}: expected {file.sha256.lower()}, got {got}")
     if digest.git is not None and file.git_blob_sha1:

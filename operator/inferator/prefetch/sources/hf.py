@@ -24,6 +24,21 @@ _COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
 _CREDENTIALS_HINT = "HF_TOKEN from the ModelCache's credentialsSecret"
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection and timeout errors of whichever HTTP client this huggingface_hub uses
+    (httpx2 from 1.x on, requests before)."""
+    import requests
+
+    errors: list[type[BaseException]] = [requests.ConnectionError, requests.Timeout]
+    try:
+        import httpx2
+
+        errors += [httpx2.TransportError, httpx2.TimeoutException]
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
 def parse_hf_uri(uri: str) -> tuple[str, str | None]:
     """'hf://org/name@rev' -> ('org/name', 'rev'); revision None when absent."""
     rest = uri.removeprefix("hf://")
@@ -73,7 +88,6 @@ class HuggingFaceSource:
 
     def _call(self, what: str, fn: Any) -> Any:
         """Run an HfApi call, mapping its errors onto ours (auth, transient, permanent)."""
-        import httpx2
         from huggingface_hub.errors import (
             GatedRepoError,
             HfHubHTTPError,
@@ -105,7 +119,7 @@ class HuggingFaceSource:
             if status in RETRYABLE_STATUS or status >= 500:
                 raise TransientError(f"{where}: HTTP {status}") from exc
             raise SourceError(f"{where}: HTTP {status}: {exc}") from exc
-        except (httpx2.TransportError, httpx2.TimeoutException) as exc:
+        except _transport_errors() as exc:
             raise TransientError(f"{where}: {type(exc).__name__}: {exc}") from exc
 
     def resolve_revision(self) -> str:
