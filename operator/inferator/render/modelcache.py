@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inferator.api.modelcache import ModelCacheSpec
+from inferator.render.inferenceservice import binary_quantity
 from inferator.render.templating import render_manifest, render_manifests
 from inferator.settings import OperatorSettings
 
@@ -81,7 +82,7 @@ def render_pvc(cache_name: str, namespace: str, spec: ModelCacheSpec, size: str 
         namespace=namespace,
         labels=labels(cache_name),
         storage=spec.storage,
-        size=str(size),
+        size=binary_quantity(size) if isinstance(size, int) else str(size),
     )
 
 

@@ -1,0 +1,202 @@
+"""ModelCache end to end: the operator's Job runs the real `inferator prefetch` on the runner node,
+downloading from a real server on loopback, and reports through the cache's own Role."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inferator.api.cache_manifest import MANIFEST_PATH
+from inferator.dev.cluster import LocalCluster
+from inferator.dev.runner import RUNNER_LABEL, TEST_VOLUME_ANNOTATION
+from tests.cluster.conftest import OperatorProcess, wait_for
+from tests.prefetch_servers import (
+    MIB,
+    MOTO_CREDENTIALS,
+    HfRepo,
+    HfServer,
+    Model,
+    make_model,
+    moto_s3,
+    nginx_server,
+    upload_tree,
+    write_sha256sums,
+)
+
+pytestmark = pytest.mark.cluster
+ON_RUNNER = {
+    "nodeSelector": {RUNNER_LABEL: "true"},
+    "tolerations": [{"key": RUNNER_LABEL, "operator": "Exists"}],
+}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
+    root = tmp_path_factory.mktemp("model")
+    os.chmod(root, 0o755)
+    return make_model(root / "tiny", shard_bytes=(6 * MIB, 5 * MIB, 4 * MIB))
+
+
+def cache(namespace: str, source: dict[str, Any], name: str = "m", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "inferator.dev/v1alpha1", "kind": "ModelCache",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"source": source, "prefetch": {**ON_RUNNER, "stallTimeoutSeconds": 10}, **spec}}  # fmt: skip
+
+
+def settled(kubectl_json: Any, namespace: str, name: str = "m", timeout_s: float = 180) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        obj: dict[str, Any] = kubectl_json(f"mcache/{name}", "-n", namespace)
+        st = obj.get("status", {})
+        done = (
+            st.get("phase") in ("Ready", "Failed")
+            and st.get("observedGeneration") == obj["metadata"]["generation"]
+        )
+        return obj if done else None
+
+    result: dict[str, Any] = wait_for(check, timeout_s=timeout_s, what=f"ModelCache {name} settled")
+    return result
+
+
+def volume_dir(cluster: LocalCluster, kubectl_json: Any, namespace: str, claim: str) -> Path:
+    pv = kubectl_json(f"pvc/{claim}", "-n", namespace)["spec"]["volumeName"]
+    return cluster.state_dir / "runner" / "volumes" / pv
+
+
+def assert_ready_with_facts(obj: dict[str, Any], model: Model) -> None:
+    ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+    assert (obj["status"]["phase"], ready["status"], ready["reason"]) == ("Ready", "True", "Prefetched"), (
+        ready
+    )
+    facts = obj["status"]["model"]
+    assert (facts["architecture"], facts["numLayers"], facts["hiddenSize"]) == ("LlamaForCausalLM", 2, 256)
+    assert facts["weightBytes"] > 0 and facts["parameterCount"] > 0
+    progress = obj["status"]["progress"]
+    assert progress["bytesDone"] == progress["bytesTotal"] == obj["status"]["sizeBytes"]
+    assert progress["filesDone"] == progress["filesTotal"] == len(model.files)
+
+
+def assert_files_match(directory: Path, model: Model, uid: int = 1000) -> None:
+    for f in model.files:
+        path = directory / f.path
+        assert path.stat().st_size == f.size, f.path
+        assert path.stat().st_uid == uid, f"{f.path} owned by {path.stat().st_uid}"
+    manifest = json.loads((directory / MANIFEST_PATH).read_text())
+    assert sorted(e["path"] for e in manifest["files"]) == sorted(f.path for f in model.files)
+
+
+@pytest.fixture
+def nginx(model: Model) -> Iterator[Any]:
+    write_sha256sums(model)
+    try:
+        with nginx_server(model.root.parent) as server:
+            yield server
+    finally:
+        (model.root / "SHA256SUMS").unlink(missing_ok=True)
+
+
+def test_https_source_sized_from_its_listing_downloads_verifies_and_reports_facts(
+    cluster: LocalCluster,
+    namespace: str,
+    operator: OperatorProcess,
+    kubectl_json: Any,
+    model: Model,
+    nginx: Any,
+) -> None:
+    cluster.apply([cache(namespace, {"uri": f"{nginx.url}/tiny/"})])
+    obj = settled(kubectl_json, namespace)
+    assert_ready_with_facts(obj, model)
+    # no size in the spec: a sizing Job listed the source first, the claim is sized from it
+    claim = kubectl_json(f"pvc/{obj['status']['pvcName']}", "-n", namespace)
+    assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"  # 15 MiB + the 1 GiB minimum headroom
+    assert_files_match(volume_dir(cluster, kubectl_json, namespace, obj["status"]["pvcName"]), model)
+    # each file fetched once (sizing only lists; SHA256SUMS is read, never stored)
+    for f in model.weight_files:
+        assert len([r for r in nginx.gets(f"/tiny/{f.path}") if r[2] in (200, 206)]) == 1, f.path
+
+
+def test_s3_source_with_credentials_from_a_secret(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess, kubectl_json: Any, model: Model
+) -> None:
+    with moto_s3() as endpoint:
+        upload_tree(endpoint, "weights", "models/tiny", model)
+        cluster.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3", "namespace": namespace},
+                        "stringData": MOTO_CREDENTIALS},
+                       cache(namespace, {"uri": "s3://weights/models/tiny", "endpoint": endpoint, "region": "us-east-1",
+                                         "credentialsSecret": {"name": "s3"}}, storage={"size": "1Gi"})])  # fmt: skip
+        obj = settled(kubectl_json, namespace)
+    assert_ready_with_facts(obj, model)
+    assert_files_match(volume_dir(cluster, kubectl_json, namespace, "m-weights"), model)
+    text = json.dumps(obj) + operator.log()
+    assert all(secret not in text for secret in MOTO_CREDENTIALS.values())
+
+
+def test_hf_source_pins_the_commit_a_branch_pointed_to(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess, kubectl_json: Any, model: Model
+) -> None:
+    repo = HfRepo(model.root, refs={"main": "c0ffee" * 6 + "c0ff"})
+    with HfServer({"org/tiny": repo}) as hub:
+        cluster.apply(
+            [cache(namespace, {"uri": "hf://org/tiny@main", "endpoint": hub.url}, storage={"size": "1Gi"})]
+        )
+        obj = settled(kubectl_json, namespace)
+    assert_ready_with_facts(obj, model)
+    assert obj["status"]["resolvedRevision"] == "c0ffee" * 6 + "c0ff"
+
+
+def test_wrong_checksum_fails_naming_the_file_and_marks_nothing_complete(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess, kubectl_json: Any, model: Model
+) -> None:
+    shard = model.weight_files[-1].path
+    repo = HfRepo(model.root, lfs_sha256_override={shard: "0" * 64})
+    with HfServer({"org/tiny": repo}) as hub:
+        cluster.apply(
+            [cache(namespace, {"uri": "hf://org/tiny", "endpoint": hub.url}, storage={"size": "1Gi"})]
+        )
+        obj = settled(kubectl_json, namespace)
+    ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+    assert (obj["status"]["phase"], ready["reason"]) == ("Failed", "PrefetchFailed")
+    assert shard in ready["message"] and "sha256" in ready["message"], ready["message"]
+    directory = volume_dir(cluster, kubectl_json, namespace, "m-weights")
+    assert not (directory / MANIFEST_PATH).exists()
+    assert not (directory / shard).exists(), "a corrupt file must never get its final name"
+
+
+def test_cache_owned_by_another_uid_reports_the_uid_and_path(
+    cluster: LocalCluster,
+    namespace: str,
+    operator: OperatorProcess,
+    kubectl_json: Any,
+    model: Model,
+    nginx: Any,
+    tmp_path: Path,
+) -> None:
+    # An NFS-like volume with root squash: fsGroup is ignored, the directory belongs to uid 2000.
+    export = tmp_path / "export"
+    export.mkdir()
+    os.chown(export, 2000, 2000)
+    os.chmod(export, 0o755)
+    os.chmod(tmp_path, 0o755)
+    pv = f"{namespace}-nfs"
+    cluster.apply([
+        {"apiVersion": "v1", "kind": "PersistentVolume",
+         "metadata": {"name": pv, "annotations": {TEST_VOLUME_ANNOTATION: "root-squash"}},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                  "hostPath": {"path": str(export)}, "claimRef": {"namespace": namespace, "name": "nfs"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "nfs", "namespace": namespace},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                  "resources": {"requests": {"storage": "1Gi"}}}},
+        cache(namespace, {"uri": f"{nginx.url}/tiny/"}, storage={"pvcName": "nfs"}),
+    ])  # fmt: skip
+    try:
+        obj = settled(kubectl_json, namespace)
+        ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+        assert obj["status"]["phase"] == "Failed"
+        assert "uid 1000" in ready["message"] and str(export) not in ready["message"], ready["message"]
+        assert "/cache" in ready["message"], ready["message"]
+    finally:
+        cluster.kubectl("delete", "pv", pv, "--wait=false", check=False)
