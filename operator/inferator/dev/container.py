@@ -62,8 +62,16 @@ def main() -> None:
     # source path; an open descriptor still reaches it.
     sources = [(os.open(host, os.O_PATH), Path(host).is_dir()) for host, _, _ in spec["mounts"]]
     _expose(spec.get("expose") or [])
+    # The "image" (virtualenv, interpreter) must stay visible even when a volume is mounted over
+    # one of its parents (a checkout under /tmp, with an emptyDir on /tmp): bind it back after.
+    images = [(path, os.open(path, os.O_PATH)) for path in spec.get("expose") or [] if os.path.isdir(path)]
     for (fd, is_dir), (_, target, read_only) in zip(sources, spec["mounts"], strict=True):
         _bind(fd, is_dir, target, read_only)
+        os.close(fd)
+    targets = [Path(target) for _, target, _ in spec["mounts"]]
+    for path, fd in images:
+        if any(Path(path).is_relative_to(target) for target in targets):
+            _bind(fd, True, path, True)
         os.close(fd)
     if spec.get("gid") is not None:
         os.setgroups(spec.get("groups") or [])

@@ -285,7 +285,8 @@ class PodWorker(threading.Thread):
         spec_path = self.dir / f"{container.name}-{restarts}.json"
         spec_path.write_text(json.dumps({
             "mounts": bind, "uid": uid, "gid": gid, "groups": groups, "cwd": container.working_dir,
-            "argv": argv, "env": env, "expose": [sys.base_prefix],
+            "argv": argv, "env": env,
+            "expose": [sys.base_prefix, *([str(Path(image_bin).parent)] if image_bin else [])],
         }))  # fmt: skip
         spec_path.chmod(0o600)
         out = open(self.dir / f"{container.name}.log", "ab")  # noqa: SIM115 (owned by the child)
