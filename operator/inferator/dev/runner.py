@@ -56,6 +56,9 @@ KWOK_HOSTPATH_PREFIX = "/tmp/kwok-local-path-provisioner/"
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 NOBODY = 65534
 SMP = "application/strategic-merge-patch+json"
+# Where the `inferator` package is imported from (a checkout, in an editable install): part of
+# the "image" a runner container sees, like the virtualenv itself.
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def _now() -> str:
@@ -286,7 +289,7 @@ class PodWorker(threading.Thread):
         spec_path.write_text(json.dumps({
             "mounts": bind, "uid": uid, "gid": gid, "groups": groups, "cwd": container.working_dir,
             "argv": argv, "env": env,
-            "expose": [sys.base_prefix, *([str(Path(image_bin).parent)] if image_bin else [])],
+            "expose": [sys.base_prefix, *([str(Path(image_bin).parent), PACKAGE_ROOT] if image_bin else [])],
         }))  # fmt: skip
         spec_path.chmod(0o600)
         out = open(self.dir / f"{container.name}.log", "ab")  # noqa: SIM115 (owned by the child)
