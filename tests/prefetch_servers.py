@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 NGINX_INSTALL = "apt-get install -y nginx-light"
@@ -178,22 +178,30 @@ def wait_for_port(port: int, timeout_s: float = 10.0) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+class NginxRequest(NamedTuple):
+    method: str
+    path: str
+    status: int
+    range: str  # the request's Range header, "" when none
+    body_bytes: int  # bytes of body nginx sent
+
+
 @dataclass
 class NginxServer:
     url: str  # http://127.0.0.1:PORT (no trailing slash)
     root: Path
     access_log: Path
 
-    def requests(self) -> list[tuple[str, str, int, str]]:
-        """(method, path, status, Range header) of every request so far."""
+    def requests(self) -> list[NginxRequest]:
+        """Every request nginx has finished so far (a cut connection is logged when it closes)."""
         rows = []
         for line in self.access_log.read_text().splitlines():
-            method, path, status, rng = line.split("\t")
-            rows.append((method, path, int(status), rng if rng != "-" else ""))
+            method, path, status, rng, sent = line.split("\t")
+            rows.append(NginxRequest(method, path, int(status), rng if rng != "-" else "", int(sent)))
         return rows
 
-    def gets(self, path: str) -> list[tuple[str, str, int, str]]:
-        return [r for r in self.requests() if r[0] == "GET" and r[1] == path]
+    def gets(self, path: str) -> list[NginxRequest]:
+        return [r for r in self.requests() if r.method == "GET" and r.path == path]
 
 
 def nginx_binary() -> str:
@@ -204,8 +212,13 @@ def nginx_binary() -> str:
 
 
 @contextlib.contextmanager
-def nginx_server(root: Path, *, autoindex_format: str = "html", workers: int = 2) -> Iterator[NginxServer]:
-    """nginx on 127.0.0.1:<free port> serving `root` (autoindex, Range), config and logs in a temp dir."""
+def nginx_server(
+    root: Path, *, autoindex_format: str = "html", workers: int = 2, limit_rate: str = "0"
+) -> Iterator[NginxServer]:
+    """nginx on 127.0.0.1:<free port> serving `root` (autoindex, Range), config and logs in a temp dir.
+
+    `limit_rate` (nginx syntax, per connection, e.g. "2m") slows downloads so that a test can act
+    while they are under way."""
     binary = nginx_binary()
     import tempfile
 
@@ -227,7 +240,8 @@ pid {state / "nginx.pid"};
 error_log {state / "error.log"} warn;
 events {{ worker_connections 512; }}
 http {{
-    log_format ranges '$request_method\\t$uri\\t$status\\t$http_range';
+    log_format ranges '$request_method\\t$uri\\t$status\\t$http_range\\t$body_bytes_sent';
+    limit_rate {limit_rate};
     access_log {access_log} ranges;
 {temp_paths}
     sendfile on;

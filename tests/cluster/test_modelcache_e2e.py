@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,59 @@ def test_cache_owned_by_another_uid_reports_the_uid_and_path(
         assert "/cache" in ready["message"], ready["message"]
     finally:
         cluster.kubectl("delete", "pv", pv, "--wait=false", check=False)
+
+
+def test_download_killed_half_way_resumes_without_refetching_finished_files(
+    cluster: LocalCluster,
+    namespace: str,
+    operator: OperatorProcess,
+    kubectl_json: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    root = tmp_path_factory.mktemp("slow")
+    os.chmod(root, 0o755)
+    # One small shard that finishes at once, two that take ~16 s each at 1 MiB/s per connection.
+    model = make_model(root / "tiny", shard_bytes=(MIB, 16 * MIB, 16 * MIB))
+    write_sha256sums(model)
+    small, *large = model.weight_files
+    with nginx_server(root, limit_rate="1m") as server:
+        cluster.apply([cache(namespace, {"uri": f"{server.url}/tiny/"}, storage={"size": "1Gi"})])
+        claim = wait_for(
+            lambda: kubectl_json("pvc/m-weights", "-n", namespace, "--ignore-not-found").get("spec", {}).get("volumeName"),
+            what="the cache's claim bound",
+        )
+        assert claim
+        directory = volume_dir(cluster, kubectl_json, namespace, "m-weights")
+        parts = directory / ".inferator" / "tmp"
+
+        def half_way() -> bool:
+            started = [p for p in parts.glob("*.part") if p.stat().st_size > 0] if parts.is_dir() else []
+            return (directory / small.path).exists() and len(started) == len(large)
+
+        wait_for(half_way, timeout_s=120, interval_s=0.1, what="the small shard done, the large ones started")
+        done_before_kill = {f.path for f in model.files if (directory / f.path).exists()}
+        pods = kubectl_json("pods", "-n", namespace, "-l", "job-name")["items"]
+        running = [p for p in pods if p["status"].get("phase") == "Running"]
+        assert len(running) == 1, [p["status"].get("phase") for p in pods]
+        pid = int(running[0]["status"]["containerStatuses"][0]["containerID"].removeprefix("runner://"))
+        os.killpg(pid, signal.SIGKILL)  # kill -9 the prefetch process, as an OOM kill or a node loss would
+
+        obj = settled(kubectl_json, namespace, timeout_s=240)
+        requests = server.requests()
+    assert_ready_with_facts(obj, model)
+    assert_files_match(directory, model)
+    pods = kubectl_json("pods", "-n", namespace, "-l", "job-name")["items"]
+    assert len(pods) == 2, "the Job replaced the killed pod"
+    assert small.path in done_before_kill
+    for path in done_before_kill:
+        assert len([r for r in requests if r.method == "GET" and r.path == f"/tiny/{path}"]) == 1, path
+    for shard in large:
+        gets = [r for r in requests if r.method == "GET" and r.path == f"/tiny/{shard.path}"]
+        assert len(gets) == 2, gets  # the cut first transfer, then one ranged resume
+        assert (
+            gets[1].status == 206
+            and gets[1].range.startswith("bytes=")
+            and not gets[1].range.startswith("bytes=0-")
+        ), gets
+        # what was on disk was not fetched again: the two transfers add up to about the file
+        assert sum(r.body_bytes for r in gets) < shard.size + 2 * MIB, gets

@@ -34,6 +34,8 @@ from inferator.dev.pki import Pki, ensure_pki
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 SERVICE_CIDR = "10.96.0.0/16"
 ADMIN_USER = "inferator-admin"
+FRONT_PROXY = "front-proxy-client"
+WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
 PSA_RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
@@ -89,6 +91,9 @@ class LocalCluster:
     # IMAGE_PREFIX -> bin dir; when set, the runner node (inferator.dev.runner) really runs
     # the pods bound to it. Needs root (mount namespaces), as the kubelet does.
     runner_images: dict[str, str] | None = None
+    # Audit every request, reads and watches too (the reconcile benchmark counts them); by
+    # default only writes are audited, which is what tests count.
+    audit_reads: bool = False
 
     def __post_init__(self) -> None:
         self.state_dir = self.state_dir.resolve()
@@ -118,7 +123,8 @@ class LocalCluster:
 
     @property
     def audit_log(self) -> Path:
-        """Every write request (who, what, user agent), for tests that count writes."""
+        """Every write request (who, what, user agent), for tests that count writes; every request
+        with `audit_reads`."""
         return self.logs / "audit.jsonl"
 
     def _audit_policy(self) -> Path:
@@ -127,16 +133,19 @@ class LocalCluster:
             "apiVersion": "audit.k8s.io/v1",
             "kind": "Policy",
             "omitStages": ["RequestReceived"],
-            "rules": [
-                {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+            "rules": [{"level": "Metadata"}]
+            if self.audit_reads
+            else [
+                {"level": "Metadata", "verbs": list(WRITE_VERBS)},
                 {"level": "None"},
             ],
         }
         path.write_text(yaml.safe_dump(policy))
         return path
 
-    def write_requests(self, since: float, user_agent_prefix: str) -> list[dict[str, Any]]:
-        """Audit events of write requests after `since` (epoch seconds) from one client."""
+    def audit_events(self, since: float, user_agent_prefix: str) -> list[dict[str, Any]]:
+        """Audit events (one per request: the RequestReceived stage is omitted) after `since`
+        (epoch seconds) from clients whose user agent starts with `user_agent_prefix`."""
         import datetime
 
         if not self.audit_log.exists():
@@ -152,6 +161,10 @@ class LocalCluster:
             if stamp >= since:
                 found.append(event)
         return found
+
+    def write_requests(self, since: float, user_agent_prefix: str) -> list[dict[str, Any]]:
+        """Write requests after `since` from one client (see `audit_events`)."""
+        return [e for e in self.audit_events(since, user_agent_prefix) if e.get("verb") in WRITE_VERBS]
 
     @property
     def pki(self) -> Pki:
@@ -184,6 +197,13 @@ class LocalCluster:
                 "--endpoint-reconciler-type=none",
                 f"--tls-cert-file={pki.serving_cert}", f"--tls-private-key-file={pki.serving_key}",
                 f"--client-ca-file={pki.ca_cert}",
+                # The aggregation layer (APIService), so an extension API such as custom metrics
+                # can be served: the API server proxies to it as front-proxy-client.
+                f"--requestheader-client-ca-file={pki.ca_cert}", f"--requestheader-allowed-names={FRONT_PROXY}",
+                "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki.client_cert(FRONT_PROXY)[0]}",
+                f"--proxy-client-key-file={pki.client_cert(FRONT_PROXY)[1]}",
                 f"--service-account-key-file={pki.sa_pub}", f"--service-account-signing-key-file={pki.sa_key}",
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
@@ -322,6 +342,7 @@ class LocalCluster:
             "system:kube-controller-manager": None,
             "system:kube-scheduler": None,
             "kwok-controller": "system:masters",
+            FRONT_PROXY: None,
         }
         ensure_pki(self.pki.directory, clients)
         for user, filename in (

@@ -145,3 +145,17 @@ def ensure_pki(directory: Path, client_names: dict[str, str | None]) -> Pki:
             )
         )
     return pki
+
+
+def ensure_serving_cert(pki: Pki, stem: str) -> tuple[Path, Path]:
+    """A serving certificate for localhost signed by the test bed's CA (an extension API server's)."""
+    crt, key_path = pki.directory / f"{stem}.crt", pki.directory / f"{stem}.key"
+    if not crt.exists():
+        ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(_name(stem), key, ca_cert, ca_key, server=True)
+        _write_key(key_path, key)
+        crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return crt, key_path
