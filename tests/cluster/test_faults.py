@@ -55,7 +55,9 @@ def assert_one_child_of_each(
             ]
     if one_rollout:
         replicasets = kubectl_json("replicasets", "-n", namespace)["items"]
-        assert len(replicasets) == len(uids), "one rollout per service: no duplicate or re-rendered Deployment"
+        assert len(replicasets) == len(uids), (
+            "one rollout per service: no duplicate or re-rendered Deployment"
+        )
 
 
 def test_operator_killed_mid_burst_converges_without_duplicates(
@@ -104,7 +106,9 @@ def test_api_server_restart_the_operator_reconnects_and_converges(
     assert operator.proc.poll() is None, "the operator survived the outage"
     assert_one_child_of_each(kubectl_json, namespace, services, one_rollout=False)  # the edit rolls out
     args = kubectl_json("deploy/before", "-n", namespace)["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert "4096" in next(e["value"] for e in args if e["name"] == "INFERATOR_PROFILE"), "the edit was rendered"
+    assert "4096" in next(e["value"] for e in args if e["name"] == "INFERATOR_PROFILE"), (
+        "the edit was rendered"
+    )
 
 
 def test_a_source_that_keeps_failing_is_retried_with_backoff_then_fails_clearly(

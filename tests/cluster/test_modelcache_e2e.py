@@ -219,7 +219,11 @@ def test_download_killed_half_way_resumes_without_refetching_finished_files(
     with nginx_server(root, limit_rate="1m") as server:
         cluster.apply([cache(namespace, {"uri": f"{server.url}/tiny/"}, storage={"size": "1Gi"})])
         claim = wait_for(
-            lambda: kubectl_json("pvc/m-weights", "-n", namespace, "--ignore-not-found").get("spec", {}).get("volumeName"),
+            lambda: (
+                kubectl_json("pvc/m-weights", "-n", namespace, "--ignore-not-found")
+                .get("spec", {})
+                .get("volumeName")
+            ),
             what="the cache's claim bound",
         )
         assert claim

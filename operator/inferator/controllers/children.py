@@ -41,3 +41,44 @@ def _same_owner(obj: dict[str, Any], live: dict[str, Any]) -> bool:
     wanted = {o["uid"] for o in obj["metadata"].get("ownerReferences", [])}
     have = {o.get("uid") for o in live["metadata"].get("ownerReferences") or []}
     return wanted <= have
+
+
+def event_needs_owner_reconcile(
+    event_type: str | None, child: dict[str, Any], owner_status: dict[str, Any]
+) -> bool:
+    """Whether a watch event on a child can change what the owner's reconcile would do.
+
+    Every Deployment goes through several status updates on its way up, and a burst of
+    services means thousands of them: reconciling the owner on each one costs a dozen API
+    calls for nothing. Reconcile when the child is gone (recreate it), when someone other than
+    the operator or a controller's status writer changed it (a hand edit to undo; ties count
+    as foreign, so an edit in the same second as our apply is never missed), or when a
+    Deployment's replica counts or availability differ from what the owner's status says.
+    """
+    if event_type == "DELETED":
+        return True
+    entries = child.get("metadata", {}).get("managedFields") or []
+    ours = [e.get("time") or "" for e in entries if e.get("manager") == kube.FIELD_MANAGER]
+    if not ours:
+        return True
+    foreign = [
+        e.get("time") or ""
+        for e in entries
+        if e.get("manager") != kube.FIELD_MANAGER and e.get("subresource") != "status"
+    ]
+    if any(t >= max(ours) for t in foreign):
+        return True
+    if child.get("kind") != "Deployment":
+        return False
+    status = child.get("status") or {}
+    available: dict[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Available"), {}
+    )
+    owner_available: dict[str, Any] = next(
+        (c for c in owner_status.get("conditions") or [] if c.get("type") == "Available"), {}
+    )
+    return (
+        int(status.get("replicas") or 0) != owner_status.get("replicas")
+        or int(status.get("readyReplicas") or 0) != owner_status.get("readyReplicas")
+        or (available.get("status") or "False") != (owner_available.get("status") or "False")
+    )

@@ -337,13 +337,17 @@ def reconcile_inferenceservice(
 @kopf.on.event("apps", "v1", "deployments", labels={render.SERVICE_LABEL: kopf.PRESENT})
 @kopf.on.event("", "v1", "services", labels={render.SERVICE_LABEL: kopf.PRESENT})
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels={render.SERVICE_LABEL: kopf.PRESENT})
-def child_changed(type: str | None, labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
+def child_changed(
+    type: str | None, body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any
+) -> None:
     """A child moved (scaled, became ready, edited or deleted by hand): converge its owner now."""
     if type is None:  # the initial listing: resume handles owners
         return
     owner_name = labels[render.SERVICE_LABEL]
     owner = kube.get(f"{API_GROUP}/{API_VERSION}", KIND, owner_name, namespace or "")
     if owner is None or owner["metadata"].get("deletionTimestamp"):
+        return
+    if not children.event_needs_owner_reconcile(type, dict(body), owner.get("status") or {}):
         return
     changes = _run(owner_name, namespace or "", owner)
     if changes:
