@@ -238,10 +238,17 @@ def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]
             "Deploying",
             (available or {}).get("message") or "waiting for the Deployment",
         )
-    pods = _pods(namespace, name)
+    desired_replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
+    # Every pod of the current rollout ready: no gate to open and no refusal to report, so
+    # the pod list (the costliest read of a reconcile) is skipped.
+    all_ready = (
+        dstatus.get("observedGeneration") == (deployment.get("metadata") or {}).get("generation")
+        and replicas == ready == desired_replicas
+        and int(dstatus.get("updatedReplicas") or 0) == desired_replicas
+    )
+    pods = [] if deployment and all_ready else _pods(namespace, name)
     warmup_failure = _gate_pods(pods, profile)
     refusal = _refusal(pods)
-    desired_replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
     if desired_replicas == 0 and replicas == 0:
         conds.set("Ready", "True", "ScaledToZero", "no replicas requested")
         phase = "Ready"
