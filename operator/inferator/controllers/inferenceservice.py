@@ -325,10 +325,17 @@ def _not_settled(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
     )
 
 
+def _poll_due(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
+    """The timer polls what no watch tells us (a cache turning Ready, a pod to warm up) only
+    after the change handlers have handled the current generation: in a burst, objects wait
+    in kopf's queues for longer than the interval, and a timer tick then only repeats them."""
+    return status.get("observedGeneration") == meta.get("generation") and _not_settled(status, meta)
+
+
 @kopf.on.resume(API_GROUP, API_VERSION, "inferenceservices")
 @kopf.on.create(API_GROUP, API_VERSION, "inferenceservices")
 @kopf.on.update(API_GROUP, API_VERSION, "inferenceservices", field="spec")
-@kopf.timer(API_GROUP, API_VERSION, "inferenceservices", interval=5, when=_not_settled)
+@kopf.timer(API_GROUP, API_VERSION, "inferenceservices", interval=5, when=_poll_due)
 def reconcile_inferenceservice(
     name: str, namespace: str | None, body: kopf.Body, patch: kopf.Patch, **_: Any
 ) -> None:
