@@ -7,9 +7,9 @@ as a real `inferator run` process, and --caches ModelCaches, waits until they ar
 creates --services InferenceServices from 16 client threads as fast as the API server takes
 them (services reference the caches round-robin). Measured:
 
-  - settle: from the first create until every service has its Deployment, Service and
-    NetworkPolicy and a status for its generation with a Ready condition (`Ready`, reason
-    ScaledToZero: the services ask for `replicas: 0`, see below);
+  - settle: from the first create until every service has its Deployment and a status for
+    its generation with Ready and Available conditions True (Ready's reason is ScaledToZero:
+    the services ask for `replicas: 0`, see below; Available follows the Deployment's rollout);
   - apply to rendered, per service: from its create returning to its Deployment arriving on
     this script's watch (p50, p99, max);
   - the operator's CPU seconds (utime + stime) and peak RSS (VmHWM), from /proc;
@@ -98,10 +98,14 @@ def service(name: str, cache: str) -> dict[str, Any]:
 
 
 def settled(item: dict[str, Any]) -> bool:
+    """Status for the current generation, Ready and Available: the Deployment's own rollout
+    (observed through its events) is in the status too, so nothing is left to report."""
     status = item.get("status") or {}
-    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
     return (
-        status.get("observedGeneration") == item["metadata"]["generation"] and ready.get("status") == "True"
+        status.get("observedGeneration") == item["metadata"]["generation"]
+        and conditions.get("Ready") == "True"
+        and conditions.get("Available") == "True"
     )
 
 

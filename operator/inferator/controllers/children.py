@@ -50,11 +50,19 @@ def event_needs_owner_reconcile(
 
     Every Deployment goes through several status updates on its way up, and a burst of
     services means thousands of them: reconciling the owner on each one costs a dozen API
-    calls for nothing. Reconcile when the child is gone (recreate it), when someone other than
-    the operator or a controller's status writer changed it (a hand edit to undo; ties count
-    as foreign, so an edit in the same second as our apply is never missed), or when a
-    Deployment's replica counts or availability differ from what the owner's status says.
+    calls for nothing. Reconcile when the child is gone or was changed by someone else (see
+    `changed_by_others`), or when a Deployment's replica counts or availability differ from
+    what the owner's status says.
     """
+    return changed_by_others(event_type, child) or (
+        child.get("kind") == "Deployment" and deployment_differs(child, owner_status)
+    )
+
+
+def changed_by_others(event_type: str | None, child: dict[str, Any]) -> bool:
+    """Deleted, never written by us, or written by a manager other than us or a status writer
+    at or after our last apply (ties count as foreign: an edit in the same second as our
+    apply is never missed). Needs no read of the owner."""
     if event_type == "DELETED":
         return True
     entries = child.get("metadata", {}).get("managedFields") or []
@@ -66,11 +74,12 @@ def event_needs_owner_reconcile(
         for e in entries
         if e.get("manager") != kube.FIELD_MANAGER and e.get("subresource") != "status"
     ]
-    if any(t >= max(ours) for t in foreign):
-        return True
-    if child.get("kind") != "Deployment":
-        return False
-    status = child.get("status") or {}
+    return any(t >= max(ours) for t in foreign)
+
+
+def deployment_differs(deployment: dict[str, Any], owner_status: dict[str, Any]) -> bool:
+    """The Deployment's replica counts or availability are not what the owner reports."""
+    status = deployment.get("status") or {}
     available: dict[str, Any] = next(
         (c for c in status.get("conditions") or [] if c.get("type") == "Available"), {}
     )

@@ -357,11 +357,15 @@ def child_changed(
     """A child moved (scaled, became ready, edited or deleted by hand): converge its owner now."""
     if type is None:  # the initial listing: resume handles owners
         return
+    child = dict(body)
+    foreign = children.changed_by_others(type, child)
+    if not foreign and child.get("kind") != "Deployment":
+        return  # our own apply of a Service or NetworkPolicy coming back: nothing to read
     owner_name = labels[render.SERVICE_LABEL]
     owner = kube.get(f"{API_GROUP}/{API_VERSION}", KIND, owner_name, namespace or "")
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return
-    if not children.event_needs_owner_reconcile(type, dict(body), owner.get("status") or {}):
+    if not foreign and not children.deployment_differs(child, owner.get("status") or {}):
         return
     changes = _run(owner_name, namespace or "", owner)
     if changes:
