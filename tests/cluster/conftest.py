@@ -74,6 +74,34 @@ def wait_for(
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what or predicate}: last value {last!r}")
 
 
+def served_root(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A fresh directory that servers and runner pods (other UIDs) can read."""
+    root = tmp_path_factory.mktemp(name)
+    os.chmod(root, 0o755)
+    return root
+
+
+def operator_writes(
+    cluster: LocalCluster, since: float, keep: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]]:
+    """Audited write requests of the operator (kopf's and its own client's) since `since` that `keep` selects."""
+    events = cluster.write_requests(since, "kopf") + cluster.write_requests(since, "inferator")
+    return [e for e in events if keep(e)]
+
+
+def wait_until_quiet(
+    cluster: LocalCluster, keep: Callable[[dict[str, Any]], bool], timeout_s: float, quiet_s: float = 15
+) -> None:
+    """Wait for `quiet_s` seconds in which the operator makes none of the writes `keep` selects."""
+
+    def quiet() -> bool:
+        since = time.time()
+        time.sleep(quiet_s)
+        return not operator_writes(cluster, since, keep)
+
+    wait_for(quiet, timeout_s=timeout_s, interval_s=0, what="the operator to stop writing")
+
+
 class OperatorProcess:
     """`inferator run` as a real subprocess against the test cluster."""
 

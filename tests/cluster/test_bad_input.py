@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from typing import Any
 
 import kubernetes
@@ -21,7 +20,7 @@ from hypothesis import strategies as st
 from kubernetes.client import ApiException
 
 from inferator.dev.cluster import LocalCluster
-from tests.cluster.conftest import OperatorProcess, wait_for
+from tests.cluster.conftest import OperatorProcess, wait_for, wait_until_quiet
 from tests.cluster.test_inferenceservice_controller import LLAMA_8B, ready_cache
 
 pytestmark = pytest.mark.cluster
@@ -166,16 +165,10 @@ def test_random_specs_are_rejected_with_a_message_or_end_in_a_condition(
     # No hot loop: once every object has its condition, writes to them stop.
     names = {n for _, n in accepted}
 
-    def writes_since(since: float) -> list[dict[str, Any]]:
-        events = cluster.write_requests(since, "kopf") + cluster.write_requests(since, "inferator")
-        return [e for e in events if (e.get("objectRef") or {}).get("name") in names]
+    def to_generated(event: dict[str, Any]) -> bool:
+        return (event.get("objectRef") or {}).get("name") in names
 
-    def quiet_for_15s() -> bool:
-        since = time.time()
-        time.sleep(15)
-        return not writes_since(since)
-
-    wait_for(quiet_for_15s, timeout_s=150, interval_s=0, what="writes to the generated objects to stop")
+    wait_until_quiet(cluster, to_generated, timeout_s=150)
     assert operator.proc.poll() is None, "the operator is still running"
     log = operator.log()
     assert "Traceback" not in log, log[-4000:]

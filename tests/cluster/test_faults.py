@@ -16,9 +16,9 @@ import pytest
 
 from inferator.api.cache_manifest import MANIFEST_PATH
 from inferator.dev.cluster import LocalCluster
-from tests.cluster.conftest import OperatorProcess, wait_for
+from tests.cluster.conftest import OperatorProcess, served_root, wait_for
 from tests.cluster.test_inferenceservice_controller import LLAMA_8B, ready_cache, service
-from tests.cluster.test_modelcache_e2e import cache, settled, volume_dir
+from tests.cluster.test_modelcache_e2e import ON_RUNNER, cache, settled, volume_dir
 from tests.prefetch_servers import MIB, Fault, FileServer, make_model
 
 pytestmark = pytest.mark.cluster
@@ -118,16 +118,13 @@ def test_a_source_that_keeps_failing_is_retried_with_backoff_then_fails_clearly(
     kubectl_json: Any,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    root = tmp_path_factory.mktemp("flaky")
-    os.chmod(root, 0o755)
+    root = served_root(tmp_path_factory, "flaky")
     model = make_model(root / "tiny", shard_bytes=(2 * MIB, 2 * MIB))
     shard = model.weight_files[-1].path
     with FileServer(root) as files:
         files.add_faults(f"/tiny/{shard}", *[Fault.error(503)] * 20)
         cluster.apply([cache(namespace, {"uri": f"{files.url}/tiny/"}, storage={"size": "1Gi"},
-                             prefetch={"nodeSelector": {"inferator.dev/runner": "true"},
-                                       "tolerations": [{"key": "inferator.dev/runner", "operator": "Exists"}],
-                                       "backoffLimit": 0})])  # fmt: skip
+                             prefetch={**ON_RUNNER, "backoffLimit": 0})])  # fmt: skip
         obj = settled(kubectl_json, namespace, timeout_s=240)
         attempts = files.gets(f"/tiny/{shard}")
     ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
@@ -159,8 +156,7 @@ def test_a_full_volume_fails_clearly_and_marks_nothing_complete(
     tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    root = tmp_path_factory.mktemp("big")
-    os.chmod(root, 0o755)
+    root = served_root(tmp_path_factory, "big")
     model = make_model(root / "tiny", shard_bytes=(6 * MIB, 6 * MIB))  # 12 MiB onto an 8 MiB volume
     os.chmod(tmp_path, 0o755)
     pv = f"{namespace}-small"

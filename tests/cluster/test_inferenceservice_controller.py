@@ -12,7 +12,7 @@ from inferator.argocd import health
 from inferator.dev.cluster import LocalCluster
 from inferator.dev.nodes import GpuModel, NodeSpec, node_manifest
 from inferator.render.modelcache import content_hash
-from tests.cluster.conftest import OperatorProcess, wait_for
+from tests.cluster.conftest import OperatorProcess, operator_writes, wait_for, wait_until_quiet
 
 pytestmark = pytest.mark.cluster
 
@@ -169,19 +169,13 @@ def test_a_settled_operator_writes_nothing(
     assert health(kubectl_json("infsvc/chat", "-n", namespace))["status"] == "Healthy"
     assert health(kubectl_json(f"mcache/{llama}", "-n", namespace))["status"] == "Healthy"
 
-    def writes_since(since: float) -> list[dict[str, Any]]:
-        return [e for e in cluster.write_requests(since, "kopf") + cluster.write_requests(since, "inferator")
-                if e.get("objectRef", {}).get("namespace") in (namespace, None)]  # fmt: skip
+    def in_namespace(event: dict[str, Any]) -> bool:
+        return event.get("objectRef", {}).get("namespace") in (namespace, None)
 
     # Settling (the last conditions, kopf's own bookkeeping) may take a few seconds on a loaded
     # machine: wait for 15 quiet seconds, then demand a whole quiet minute.
-    def quiet_for_15s() -> bool:
-        since = time.time()
-        time.sleep(15)
-        return not writes_since(since)
-
-    wait_for(quiet_for_15s, timeout_s=120, interval_s=0, what="the operator to stop writing")
+    wait_until_quiet(cluster, in_namespace, timeout_s=120)
     quiet_from = time.time()
     time.sleep(60)
-    writes = writes_since(quiet_from)
+    writes = operator_writes(cluster, quiet_from, in_namespace)
     assert writes == [], [(e["verb"], e["objectRef"], e["requestReceivedTimestamp"]) for e in writes]

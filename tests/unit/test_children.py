@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inferator.controllers.children import event_needs_owner_reconcile, is_subset
+from inferator.controllers.children import changed_by_others, deployment_differs, is_subset
 
 
 @pytest.mark.parametrize(
@@ -35,25 +35,37 @@ AVAILABLE = {"conditions": [{"type": "Available", "status": "True"}]}
 
 
 @pytest.mark.parametrize(
-    ("event", "child", "owner_status", "needed"),
+    ("event", "child", "changed"),
     [
-        # the controller's status writes that change nothing the owner reports: skip
-        ("MODIFIED", deployment([OURS, CONTROLLER_STATUS], replicas=1, readyReplicas=1, **AVAILABLE),
-         {"replicas": 1, "readyReplicas": 1, **AVAILABLE}, False),
-        # a replica became ready: the owner's status must follow
-        ("MODIFIED", deployment([OURS, CONTROLLER_STATUS], replicas=1, readyReplicas=1, **AVAILABLE),
-         {"replicas": 1, "readyReplicas": 0}, True),
+        # the controller's status writes are not a change to undo
+        ("MODIFIED", deployment([OURS, CONTROLLER_STATUS], replicas=1, readyReplicas=1, **AVAILABLE), False),
         # a hand edit after our apply (or in the same second): undo it
-        ("MODIFIED", deployment([OURS, {"manager": "kubectl-edit", "operation": "Update", "time": OURS["time"]}]),
-         {"replicas": 0, "readyReplicas": 0}, True),
+        ("MODIFIED", deployment([OURS, {"manager": "kubectl-edit", "operation": "Update", "time": OURS["time"]}]), True),
         # a child we never wrote (adopted, or written by an older operator)
-        ("MODIFIED", deployment([{"manager": "helm", "operation": "Update", "time": OURS["time"]}]), {}, True),
-        ("DELETED", deployment([OURS]), {"replicas": 0, "readyReplicas": 0}, True),
-        # a Service only matters when someone else touched it
-        ("MODIFIED", {"kind": "Service", "metadata": {"managedFields": [OURS]}}, {}, False),
+        ("MODIFIED", deployment([{"manager": "helm", "operation": "Update", "time": OURS["time"]}]), True),
+        ("DELETED", deployment([OURS]), True),
+        # our own apply of a Service coming back
+        ("MODIFIED", {"kind": "Service", "metadata": {"managedFields": [OURS]}}, False),
     ],
 )  # fmt: skip
-def test_child_events_that_need_the_owner_reconciled(
-    event: str, child: dict[str, object], owner_status: dict[str, object], needed: bool
+def test_child_events_changed_by_others(event: str, child: dict[str, object], changed: bool) -> None:
+    assert changed_by_others(event, child) is changed
+
+
+@pytest.mark.parametrize(
+    ("child", "owner_status", "differs"),
+    [
+        # what the owner reports already: skip
+        (deployment([OURS, CONTROLLER_STATUS], replicas=1, readyReplicas=1, **AVAILABLE),
+         {"replicas": 1, "readyReplicas": 1, **AVAILABLE}, False),
+        # a replica became ready: the owner's status must follow
+        (deployment([OURS, CONTROLLER_STATUS], replicas=1, readyReplicas=1, **AVAILABLE),
+         {"replicas": 1, "readyReplicas": 0}, True),
+        # became Available with the same counts
+        (deployment([OURS], **AVAILABLE), {"replicas": 0, "readyReplicas": 0}, True),
+    ],
+)  # fmt: skip
+def test_deployment_events_differing_from_the_owners_status(
+    child: dict[str, object], owner_status: dict[str, object], differs: bool
 ) -> None:
-    assert event_needs_owner_reconcile(event, child, owner_status) is needed
+    assert deployment_differs(child, owner_status) is differs

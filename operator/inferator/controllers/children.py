@@ -43,26 +43,15 @@ def _same_owner(obj: dict[str, Any], live: dict[str, Any]) -> bool:
     return wanted <= have
 
 
-def event_needs_owner_reconcile(
-    event_type: str | None, child: dict[str, Any], owner_status: dict[str, Any]
-) -> bool:
-    """Whether a watch event on a child can change what the owner's reconcile would do.
+def changed_by_others(event_type: str | None, child: dict[str, Any]) -> bool:
+    """Whether a child's watch event needs its owner reconciled whatever the owner's status.
 
     Every Deployment goes through several status updates on its way up, and a burst of
-    services means thousands of them: reconciling the owner on each one costs a dozen API
-    calls for nothing. Reconcile when the child is gone or was changed by someone else (see
-    `changed_by_others`), or when a Deployment's replica counts or availability differ from
-    what the owner's status says.
-    """
-    return changed_by_others(event_type, child) or (
-        child.get("kind") == "Deployment" and deployment_differs(child, owner_status)
-    )
-
-
-def changed_by_others(event_type: str | None, child: dict[str, Any]) -> bool:
-    """Deleted, never written by us, or written by a manager other than us or a status writer
-    at or after our last apply (ties count as foreign: an edit in the same second as our
-    apply is never missed). Needs no read of the owner."""
+    services means thousands of them: reconciling the owner on each costs a dozen API calls for
+    nothing. True when the child is deleted, was never written by us, or was written by a
+    manager other than us or a status writer at or after our last apply (ties count as
+    foreign: an edit in the same second as our apply is never missed). Needs no read of the
+    owner; for a Deployment, `deployment_differs` decides the rest."""
     if event_type == "DELETED":
         return True
     entries = child.get("metadata", {}).get("managedFields") or []

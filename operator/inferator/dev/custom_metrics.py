@@ -28,6 +28,7 @@ import kubernetes
 
 from inferator.dev.cluster import LocalCluster
 from inferator.dev.pki import ensure_serving_cert
+from inferator.render.inferenceservice import decimal_quantity
 
 GROUP = "custom.metrics.k8s.io"
 VERSION = "v1beta2"
@@ -118,7 +119,7 @@ class CustomMetricsApi:
                 "metric": {"name": metric},
                 "timestamp": now,
                 "windowSeconds": 30,
-                "value": _quantity(value),
+                "value": decimal_quantity(value),
             }
             for pod in names
             if name in ("*", pod)
@@ -166,8 +167,3 @@ class CustomMetricsApi:
         )
         self._server.shutdown()
         self._server.server_close()
-
-
-def _quantity(value: float) -> str:
-    """A metric value as a Kubernetes quantity (milli-units keep fractions exact enough)."""
-    return str(int(value)) if float(value).is_integer() else f"{round(value * 1000)}m"
