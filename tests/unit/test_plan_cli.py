@@ -29,10 +29,11 @@ def test_example_plan_selects_fp8_on_the_h100_pool(capsys: pytest.CaptureFixture
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     assert out["selected"] is True
-    assert out["profile"]["name"] == "vllm-h100-fp8-tp8-latency"
+    # 8B fits one H100 (weights and the full 131072-token context): latency takes two, not eight.
+    assert out["profile"]["name"] == "vllm-h100-fp8-tp2-latency"
     assert out["pool"]["key"] == "h100-x8"
     assert out["pool"]["nodes"] == ["gpu-h100-0", "gpu-h100-1"]
-    assert out["deployment"]["gpuRequest"] == 8
+    assert out["deployment"]["gpuRequest"] == 2
     assert out["deployment"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert out["estimates"]["requiredBytesPerGpu"] <= out["estimates"]["availableBytesPerGpu"]
     assert out["failure"] is None
@@ -85,8 +86,8 @@ def test_table_output_names_the_choice_and_the_command() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "Candidates (best first)" in result.stdout
-    assert "Selected vllm-h100-fp8-tp8-latency on pool h100-x8" in result.stdout
-    assert "--tensor-parallel-size 8" in result.stdout
+    assert "Selected vllm-h100-fp8-tp2-latency on pool h100-x8" in result.stdout
+    assert "--tensor-parallel-size 2" in result.stdout
     assert "gpu-h100-0" in result.stdout
 
 

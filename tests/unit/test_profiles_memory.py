@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from inferator.api.modelcache import ModelFacts, Quantization
+from inferator.api.modelcache import ModelFacts
 from inferator.profiles import engines
 from inferator.profiles.memory import (
     GIB,
@@ -21,6 +21,7 @@ from inferator.profiles.memory import (
     weight_bytes,
 )
 from inferator.profiles.model_facts import (
+    UnsupportedModel,
     estimate_parameter_count,
     facts_from_config,
     facts_from_directory,
@@ -113,50 +114,66 @@ def test_pre_quantised_checkpoints_use_their_exact_bytes() -> None:
     facts = facts_from_config(
         LLAMA_70B | {"quantization_config": {"quant_method": "awq", "bits": 4}}, 39_000_000_000
     )
-    assert quantized_precision(facts) == ("int4", "")
-    assert weight_bytes(facts, "int4") == 39_000_000_000
+    assert quantized_precision(facts) == ("awq", "")
+    assert weight_bytes(facts, "awq") == 39_000_000_000
 
 
 @pytest.mark.parametrize(
-    ("config", "method", "bits", "precision"),
+    ("config", "method", "bits", "precision", "bytes_per_weight"),
     [
-        ({"quant_method": "fp8"}, "fp8", 8, "fp8"),
-        ({"quant_method": "gptq", "bits": 4}, "gptq", 4, "int4"),
-        ({"quant_method": "gptq", "bits": 8}, "gptq", 8, "int8"),
+        ({"quant_method": "fp8"}, "fp8", 8, "fp8", 1.0),
+        # DeepSeek-V3's block scales: one fp32 per 128 x 128 weights.
+        ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "fp8", 8, "fp8", 1 + 4 / 16384),
+        # AutoGPTQ int4, group 128: packed weights, an fp16 scale and a packed zero per group.
+        ({"quant_method": "gptq", "bits": 4, "group_size": 128}, "gptq", 4, "gptq", 0.5 + (2 + 0.5) / 128),
+        ({"quant_method": "gptq", "bits": 8, "group_size": 128}, "gptq", 8, "gptq", 1 + 3 / 128),
+        ({"quant_method": "awq", "bits": 4, "group_size": 128}, "awq", 4, "awq", 0.5 + 2.5 / 128),
         (
             {
                 "quant_method": "compressed-tensors",
-                "config_groups": {"g": {"weights": {"num_bits": 8, "type": "float"}}},
-            },
-            "compressed-tensors-fp8",
-            8,
-            "fp8",
-        ),
-        (
-            {
-                "quant_method": "compressed-tensors",
-                "config_groups": {"g": {"weights": {"num_bits": 8, "type": "int"}}},
+                "config_groups": {"g": {"weights": {"num_bits": 8, "type": "float", "strategy": "channel"}}},
             },
             "compressed-tensors",
             8,
-            "int8",
+            "fp8",
+            1.0,
         ),
-        ({"quant_method": "modelopt", "quant_algo": "NVFP4"}, "modelopt_fp4", 4, "fp4"),
-        ({"quant_method": "bitsandbytes", "load_in_4bit": True}, "bitsandbytes", 4, "int4"),
+        (
+            {
+                "quant_method": "compressed-tensors",
+                "config_groups": {
+                    "g": {"weights": {"num_bits": 4, "type": "int", "strategy": "group", "group_size": 128}}
+                },
+            },
+            "compressed-tensors",
+            4,
+            "int4",
+            0.5 + 2 / 128,
+        ),
+        ({"quant_method": "modelopt", "quant_algo": "NVFP4"}, "modelopt_fp4", 4, "nvfp4", 0.5 + 1 / 16),
+        # OCP MX: 4-bit values and one e8m0 scale byte per 32 (gpt-oss keeps attention in bf16).
+        ({"quant_method": "mxfp4"}, "mxfp4", 4, "mxfp4", 0.5 + 1 / 32),
+        ({"quant_method": "bitsandbytes", "load_in_4bit": True}, "bitsandbytes", 4, "int4", 0.5 + 4 / 64),
     ],
 )
-def test_quantisation_configs(config: dict[str, Any], method: str, bits: int, precision: str) -> None:
+def test_quantisation_configs(
+    config: dict[str, Any], method: str, bits: int, precision: str, bytes_per_weight: float
+) -> None:
     q = quantization_from_config({"quantization_config": config})
-    assert q == Quantization(method=method, bits=bits)
+    assert q is not None
+    assert (q.method, q.bits, q.scheme) == (method, bits, precision)
+    assert q.bytes_per_weight == pytest.approx(bytes_per_weight)
     facts = facts_from_config(LLAMA_8B | {"quantization_config": config})
     assert quantized_precision(facts)[0] == precision
+    # Linear layers at the scheme's bytes, embeddings and LM head (2 x 128256 x 4096) in bf16.
+    embed = 2 * 128256 * 4096
+    expected = (facts.parameter_count - embed) * bytes_per_weight + embed * 2
+    assert facts.weight_bytes == pytest.approx(expected, rel=1e-3)
 
 
-def test_unsupported_quantisation_is_explained() -> None:
-    facts = facts_from_config(LLAMA_8B | {"quantization_config": {"quant_method": "hqq", "bits": 3}})
-    precision, reason = quantized_precision(facts)
-    assert precision is None
-    assert "hqq" in reason
+def test_unsupported_quantisation_is_refused_naming_the_method() -> None:
+    with pytest.raises(UnsupportedModel, match="hqq"):
+        facts_from_config(LLAMA_8B | {"quantization_config": {"quant_method": "hqq", "bits": 3}})
 
 
 def test_memory_plan_adds_up() -> None:
@@ -318,4 +335,9 @@ def test_quantised_directory_keeps_exact_bytes_and_estimates_the_count(tmp_path:
     facts = facts_from_directory(tmp_path)
     assert facts.weight_bytes == 4096
     assert facts.parameter_count == estimate_parameter_count(config)
-    assert facts.quantization == Quantization(method="awq", bits=4)
+    assert facts.quantization is not None
+    assert (facts.quantization.method, facts.quantization.bits, facts.quantization.scheme) == (
+        "awq",
+        4,
+        "awq",
+    )

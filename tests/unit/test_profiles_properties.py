@@ -175,7 +175,9 @@ def test_a_pinned_infeasible_profile_fails_with_reasons(
     spec = InferenceServiceSpec.model_validate({"modelCacheRef": {"name": "m"}})
     free = select_profile(facts, nodes, spec)
     feasible_names = {c.name for c in free.candidates if c.feasible}
-    infeasible = [c for c in free.candidates if not c.feasible and c.name not in feasible_names]
+    infeasible = [
+        c for c in free.candidates if not c.feasible and not c.held_back and c.name not in feasible_names
+    ]
     if not infeasible:
         return
     pinned = infeasible[0]

@@ -150,11 +150,12 @@ def spec(**fields: Any) -> InferenceServiceSpec:
     [
         # A single L4 (24 GB): only FP8 leaves room for a useful context.
         ("llama-3.1-8b", [gpu_node("l4", "l4", 1)], {}, "vllm-l4-fp8-tp1-latency"),
-        # Eight H100s: FP8 natively, all eight GPUs for latency.
-        ("llama-3.1-70b", [gpu_node("h", "h100", 8)], {}, "vllm-h100-fp8-tp8-latency"),
-        ("llama-3.1-8b", [gpu_node("h", "h100", 8)], {}, "vllm-h100-fp8-tp8-latency"),
-        # Qwen2.5-7B has 28 attention heads: TP 8 is invalid, TP 4 is the most GPUs it can use.
-        ("qwen2.5-7b", [gpu_node("h", "h100", 8)], {}, "vllm-h100-fp8-tp4-latency"),
+        # Eight H100s: FP8 natively; FP8 70B fits two with its full context, so latency uses twice
+        # that (four), not the eight the node has. An 8B model fits one GPU: latency takes two.
+        ("llama-3.1-70b", [gpu_node("h", "h100", 8)], {}, "vllm-h100-fp8-tp4-latency"),
+        ("llama-3.1-8b", [gpu_node("h", "h100", 8)], {}, "vllm-h100-fp8-tp2-latency"),
+        # Qwen2.5-7B has 28 attention heads: TP 2 divides them (and TP 8 never would).
+        ("qwen2.5-7b", [gpu_node("h", "h100", 8)], {}, "vllm-h100-fp8-tp2-latency"),
         # Ampere has no FP8 tensor cores: BF16 first, TensorRT-LLM first among engines.
         ("mixtral-8x7b", [gpu_node("a", "a100-40gb", 4)], {}, "trtllm-a100-40gb-bf16-tp4-latency"),
         ("mistral-7b", [gpu_node("a", "a10g", 1)], {}, "trtllm-a10g-bf16-tp1-latency"),
@@ -164,7 +165,7 @@ def spec(**fields: Any) -> InferenceServiceSpec:
             "qwen2.5-72b",
             [gpu_node("h", "h200", 8), gpu_node("h2", "h200", 8)],
             {},
-            "vllm-h200-fp8-tp8-latency",
+            "vllm-h200-fp8-tp2-latency",
         ),
         # The user's throughput preference: fewest GPUs that fit (FP8 70B needs two H100s), more replicas.
         (
@@ -177,7 +178,7 @@ def spec(**fields: Any) -> InferenceServiceSpec:
             "llama-3.1-8b",
             [gpu_node("h", "h100", 8)],
             {"selector": {"engines": ["sglang"]}},
-            "sglang-h100-fp8-tp8-latency",
+            "sglang-h100-fp8-tp2-latency",
         ),
         # GPU pools beat the CPU node; a CPU-only cluster gets vllm-cpu.
         ("llama-3.1-8b", [cpu_node("c"), gpu_node("l4", "l4", 1)], {}, "vllm-l4-fp8-tp1-latency"),
@@ -323,12 +324,12 @@ def test_pre_quantised_fp8_checkpoint_goes_to_trtllm() -> None:
     assert selection.estimates.weight_bytes_per_gpu == 4_500_000_000
 
 
-def test_awq_checkpoint_is_int4_and_not_offered_to_trtllm() -> None:
+def test_awq_checkpoint_is_served_as_awq_and_not_offered_to_trtllm() -> None:
     awq = facts("llama-3.1-70b", quantization_config={"quant_method": "awq", "bits": 4})
     awq = awq.model_copy(update={"weight_bytes": 39_800_000_000})
     selection = select_profile(awq, [gpu_node("l", "l40s", 2)], spec())
     assert selection.profile is not None
-    assert selection.profile.precision == "int4"
+    assert selection.profile.precision == "awq"
     assert selection.profile.engine == "vllm"
     assert "--quantization" not in selection.profile.command  # vLLM reads it from config.json
     trt = [c for c in selection.candidates if c.engine == "trtllm"]
@@ -341,13 +342,14 @@ def test_selection_carries_what_the_deployment_needs() -> None:
         facts("llama-3.1-70b"), [gpu_node("h0", "h100", 8), gpu_node("h1", "h100", 8)], spec()
     )
     assert selection.profile is not None
-    assert selection.gpu_request == 8 == selection.profile.gpu_count
+    # FP8 70B fits two H100s with its full context: latency doubles that, not the node's eight.
+    assert selection.gpu_request == 4 == selection.profile.gpu_count
     assert selection.node_selector == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert selection.node_affinity["requiredDuringSchedulingIgnoredDuringExecution"]
     assert selection.tolerations == (
         {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"},
     )
-    assert selection.shm_size_bytes >= 16 * 2**30
+    assert selection.shm_size_bytes >= 16 * 2**30  # TP > 1
     assert selection.env["HF_HUB_OFFLINE"] == "1"
     assert selection.env["VLLM_NO_USAGE_STATS"] == "1"
     assert selection.pool is not None
@@ -407,7 +409,7 @@ def test_ranking_keys_are_configurable() -> None:
     settings = SelectionSettings(ranking=["device", "target", "engine", "precision", "tensor_parallel"])
     selection = select_profile(facts("llama-3.1-8b"), [gpu_node("h", "h100", 8)], spec(), settings)
     assert selection.profile is not None
-    assert selection.profile.name == "trtllm-h100-bf16-tp8-latency"
+    assert selection.profile.name == "trtllm-h100-bf16-tp2-latency"
 
 
 def test_no_nodes_is_a_failure_not_an_exception() -> None:
@@ -424,6 +426,7 @@ def test_profile_names_round_trip() -> None:
         "gpu": "cpu",
         "precision": "fp32",
         "tp": "1",
+        "pp": "1",
         "target": "latency",
     }
     assert parse_profile_name("vllm-a100-40gb-fp8-tp4-throughput") == {
@@ -431,6 +434,17 @@ def test_profile_names_round_trip() -> None:
         "gpu": "a100-40gb",
         "precision": "fp8",
         "tp": "4",
+        "pp": "1",
+        "target": "throughput",
+    }
+    two_nodes = profile_name("vllm", "h100", "fp8", 8, "throughput", pp=2)
+    assert two_nodes == "vllm-h100-fp8-tp8-pp2-throughput"
+    assert parse_profile_name(two_nodes) == {
+        "engine": "vllm",
+        "gpu": "h100",
+        "precision": "fp8",
+        "tp": "8",
+        "pp": "2",
         "target": "throughput",
     }
 

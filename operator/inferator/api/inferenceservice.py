@@ -15,7 +15,8 @@ from inferator.api.common import (
 )
 
 Engine = Literal["trtllm", "vllm", "sglang", "vllm-cpu"]
-Precision = Literal["fp4", "fp8", "int8", "int4", "fp16", "bf16", "fp32"]
+# Named as the engines name them; a pre-quantised checkpoint's own format is its precision.
+Precision = Literal["nvfp4", "mxfp4", "fp8", "int8", "awq", "gptq", "int4", "fp16", "bf16", "fp32"]
 Target = Literal["latency", "throughput"]
 ScalingSignal = Literal["queueLength", "runningRequests", "kvCacheUsage", "cpu"]
 
@@ -30,7 +31,7 @@ class ProfileSelector(ApiModel):
     """Constraints on automatic selection; every list narrows, an empty list allows all."""
 
     engines: list[Engine] = Field(default_factory=list, max_length=4)
-    precisions: list[Precision] = Field(default_factory=list, max_length=7)
+    precisions: list[Precision] = Field(default_factory=list, max_length=10)
     tensor_parallel_sizes: list[Annotated[int, Field(ge=1, le=64)]] = Field(
         default_factory=list, max_length=8
     )

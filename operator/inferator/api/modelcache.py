@@ -103,18 +103,70 @@ class ModelCacheSpec(ApiModel):
     prefetch: PrefetchJob = Field(default_factory=PrefetchJob, json_schema_extra={"default": {}})
 
 
+ModelTask = Literal["generate", "embed", "rerank", "classify"]
+AttentionKind = Literal["full", "sliding", "chunked", "mla", "encoder"]
+StateKind = Literal["mamba", "mamba2", "linear_attention", "short_conv"]
+
+
 class Quantization(ApiModel):
     """Pre-quantisation declared by the checkpoint itself (config.json's quantization_config)."""
 
-    method: str = Field(max_length=64, description="fp8, awq, gptq, compressed-tensors, bitsandbytes, ...")
+    method: str = Field(
+        max_length=64,
+        description="The engines' name of the checkpoint format: fp8, mxfp4, nvfp4, awq, gptq, compressed-tensors, bitsandbytes, ...",
+    )
     bits: int | None = Field(default=None, ge=1, le=32)
+    scheme: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The precision the profile names: fp8, mxfp4, nvfp4, awq, gptq, int4, int8.",
+    )
+    group_size: int | None = Field(default=None, ge=-1, description="Weights per scale (-1: per channel).")
+    bytes_per_weight: float | None = Field(
+        default=None, ge=0, description="Stored bytes per quantised weight, scales and zero points included."
+    )
+    unquantized_modules: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Module patterns the checkpoint keeps in the native dtype (modules_to_not_convert, ignore).",
+    )
+
+
+class AttentionGroup(ApiModel):
+    """Layers that share one KV-cache layout (what the engines' hybrid KV allocators group by)."""
+
+    kind: AttentionKind
+    layers: int = Field(ge=0)
+    kv_heads: int = Field(ge=0, description="KV heads (1 for MLA's shared latent).")
+    head_dim: int = Field(
+        ge=0, description="Bytes-per-element multiplier of K per head (MLA: latent rank + rope dims)."
+    )
+    v_head_dim: int = Field(ge=0, description="Width of V per head (0 for MLA, whose latent serves both).")
+    window: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens a sliding-window or chunked layer keeps; None for full attention.",
+    )
+
+
+class StateGroup(ApiModel):
+    """Layers with a fixed-size recurrent state per sequence instead of a KV cache (Mamba, linear attention)."""
+
+    kind: StateKind
+    layers: int = Field(ge=0)
+    state_bytes_per_layer: int = Field(
+        ge=0, description="Per sequence, for the whole layer, before TP sharding."
+    )
 
 
 class ModelFacts(ApiModel):
-    """What the prefetch Job measured: config.json plus the safetensors headers (not the tensors)."""
+    """What the prefetch Job measured: config.json (resolved as its architecture does) plus the safetensors headers."""
 
     architecture: str = Field(max_length=256)
     model_type: str | None = Field(default=None, max_length=128)
+    task: ModelTask = Field(
+        default="generate", description="generate, or a pooling task: embed, rerank, classify."
+    )
     num_layers: int = Field(ge=1)
     hidden_size: int = Field(ge=1)
     intermediate_size: int | None = Field(default=None, ge=1)
@@ -125,10 +177,36 @@ class ModelFacts(ApiModel):
     vocab_size: int | None = Field(default=None, ge=1)
     num_experts: int | None = Field(default=None, ge=1)
     num_experts_per_token: int | None = Field(default=None, ge=1)
+    moe_intermediate_size: int | None = Field(default=None, ge=1, description="Width of one routed expert.")
+    num_shared_experts: int | None = Field(default=None, ge=0)
+    moe_layers: int | None = Field(default=None, ge=0, description="Decoder layers with routed experts.")
+    attention: list[AttentionGroup] = Field(
+        default_factory=list,
+        max_length=16,
+        description="KV-cache layout by layer group; empty on caches measured before it was recorded.",
+    )
+    state: list[StateGroup] = Field(default_factory=list, max_length=16)
+    mtp_layers: int = Field(
+        default=0, ge=0, description="Multi-token-prediction layers (not loaded without speculation)."
+    )
     dtype: str = Field(default="bfloat16", max_length=32, description="Native dtype of the weights.")
     quantization: Quantization | None = None
-    parameter_count: int = Field(ge=0, description="Exact, from safetensors headers.")
-    weight_bytes: int = Field(ge=0, description="Exact bytes of all tensors, from safetensors headers.")
+    parameter_count: int = Field(
+        ge=0, description="Parameters the engine loads (vision tower in, MTP layers out)."
+    )
+    active_parameter_count: int | None = Field(
+        default=None, ge=0, description="Parameters used per token (MoE)."
+    )
+    vision_parameter_count: int = Field(default=0, ge=0)
+    weight_bytes: int = Field(
+        ge=0, description="Bytes of weights the engine loads, as stored in the checkpoint."
+    )
+    checkpoint_bytes: int | None = Field(
+        default=None, ge=0, description="Bytes of all tensors in the checkpoint (MTP layers included)."
+    )
+    exact_bytes: bool = Field(
+        default=False, description="Bytes come from safetensors headers or index, not the shape."
+    )
 
 
 class Progress(ApiModel):

@@ -89,6 +89,10 @@ class LaunchInputs:
     sglang_mem_fraction_static: float = 0.85
     cpu_kv_cache_space_gib: int = 1
     extra_args: tuple[str, ...] = ()
+    # generate, or a pooling task (embed, rerank, classify) served by the engine's pooling runner.
+    task: str = "generate"
+    # A causal-LM architecture used as an embedding model (Qwen3-Embedding) must be converted.
+    generative_architecture: bool = False
 
 
 def max_num_seqs(target: Target, min_concurrency: int) -> int:
@@ -122,6 +126,11 @@ def engine_command(inputs: LaunchInputs) -> list[str]:
             "--max-num-seqs",
             seqs,
         ]
+        if inputs.task != "generate":
+            # vLLM's pooling runner (docs: "Pooling Models"); --convert turns a causal LM into an embedder.
+            argv += ["--runner", "pooling"]
+            if inputs.task == "embed" and inputs.generative_architecture:
+                argv += ["--convert", "embed"]
         if inputs.engine == "vllm":
             argv += [
                 "--tensor-parallel-size",
@@ -178,6 +187,8 @@ def engine_command(inputs: LaunchInputs) -> list[str]:
             seqs,
             "--enable-metrics",
         ]
+        if inputs.task != "generate":
+            argv += ["--is-embedding"]  # SGLang's pooling mode (embeddings and rerank scores)
         if inputs.precision in _DTYPE_ARG:
             argv += ["--dtype", dtype]
         if inputs.online_quantization:

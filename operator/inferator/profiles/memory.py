@@ -3,12 +3,20 @@
 The formula (per GPU, under tensor parallelism `tp`):
 
     required = ceil(weight_bytes(precision) / tp)
-             + kv_bytes_per_token_per_gpu(tp) x max_model_len x min_concurrency
+             + kv_bytes_per_sequence_per_gpu(tp, max_model_len) x min_concurrency
              + activation_bytes(tp) + CUDA_GRAPH_BYTES + ENGINE_RESERVE_BYTES
     available = gpu memory x gpu_memory_utilization
 
 `required <= available` is the feasibility test; what is left after weights and overheads is
 the KV cache the engine will allocate, which gives the token capacity and concurrency.
+
+A sequence's cache follows the layer groups of `ModelFacts.attention`, as vLLM's hybrid KV
+cache manager allocates it (vllm/v1/kv_cache_interface.py, `max_memory_usage_bytes` of each
+spec): full-attention layers keep every token (K and V per KV head, sharded over TP and
+replicated when TP exceeds the KV heads); MLA layers keep one latent of kv_lora_rank +
+qk_rope_head_dim per token, the same on every TP rank; sliding-window and chunked layers keep
+at most their window; Mamba and linear-attention layers keep a fixed state per sequence
+(`ModelFacts.state`), sharded by heads over TP; encoder-only layers keep nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import math
 from dataclasses import dataclass
 
 from inferator.api.inferenceservice import Precision
-from inferator.api.modelcache import ModelFacts
+from inferator.api.modelcache import AttentionGroup, ModelFacts
 
 GIB = 2**30
 MIB = 2**20
@@ -29,7 +37,12 @@ BYTES_PER_PARAM: dict[str, float] = {
     "fp8": 1,
     "int8": 1,
     "int4": 0.5,
-    "fp4": 0.5,
+    # Pre-quantised formats, scales included (see profiles/quantization.py); only used when a
+    # checkpoint's exact bytes are unknown.
+    "awq": 0.52,
+    "gptq": 0.52,
+    "mxfp4": 0.53125,
+    "nvfp4": 0.5625,
 }
 
 # Hugging Face `torch_dtype` spellings -> our precision names.
@@ -73,18 +86,26 @@ def precision_of_dtype(dtype: str) -> Precision:
 
 
 def quantized_precision(facts: ModelFacts) -> tuple[Precision | None, str]:
-    """The precision a pre-quantised checkpoint is fixed to, or (None, reason) when unsupported."""
+    """The precision a pre-quantised checkpoint is fixed to (its own format), or (None, reason)."""
     q = facts.quantization
     if q is None:
         return None, ""
+    scheme = (q.scheme or "").lower()
+    if scheme in ("fp8", "mxfp4", "nvfp4", "awq", "gptq", "int4", "int8"):
+        return scheme, ""  # type: ignore[return-value]
+    # Facts recorded before `scheme` existed: infer it from the method as then recorded.
     method = q.method.lower()
-    if "fp4" in method or method in ("mxfp4", "modelopt_fp4"):
-        return "fp4", ""
+    if method in ("mxfp4",):
+        return "mxfp4", ""
+    if "fp4" in method:
+        return "nvfp4", ""
     if "fp8" in method or (method == "modelopt" and q.bits in (None, 8)):
         return "fp8", ""
-    if q.bits == 4 or (
-        q.bits is None and method in ("awq", "awq_marlin", "gptq", "gptq_marlin", "bitsandbytes")
-    ):
+    if method.startswith("awq"):
+        return "awq", ""
+    if method.startswith("gptq"):
+        return "gptq", ""
+    if q.bits == 4:
         return "int4", ""
     if q.bits == 8:
         return "int8", ""
@@ -128,20 +149,60 @@ def kv_heads_per_gpu(facts: ModelFacts, tensor_parallel_size: int) -> int:
     return max(1, facts.num_key_value_heads // tensor_parallel_size)
 
 
+def attention_groups(facts: ModelFacts) -> list[AttentionGroup]:
+    """The KV layout; facts recorded before it existed describe a uniform full-attention stack."""
+    if facts.attention:
+        return list(facts.attention)
+    return [
+        AttentionGroup(
+            kind="full",
+            layers=facts.num_layers,
+            kv_heads=facts.num_key_value_heads,
+            head_dim=facts.head_dim,
+            v_head_dim=facts.head_dim,
+        )
+    ]
+
+
+def _token_bytes_per_layer(group: AttentionGroup, tensor_parallel_size: int, kv_dtype_bytes: int) -> int:
+    if group.kind == "encoder":
+        return 0
+    if group.kind == "mla":
+        return group.head_dim * kv_dtype_bytes  # one latent per token, replicated on every rank
+    heads = max(1, group.kv_heads // tensor_parallel_size)
+    return heads * (group.head_dim + group.v_head_dim) * kv_dtype_bytes
+
+
 def kv_bytes_per_token(facts: ModelFacts, kv_dtype_bytes: int = 2) -> int:
-    """KV cache of one token for the whole model: 2 (K and V) x layers x KV heads x head_dim x dtype bytes."""
-    return 2 * facts.num_layers * facts.num_key_value_heads * facts.head_dim * kv_dtype_bytes
+    """KV of one more token for the whole model, windows full: the layers that keep every token."""
+    return kv_bytes_per_token_per_gpu(facts, 1, kv_dtype_bytes)
 
 
 def kv_bytes_per_token_per_gpu(facts: ModelFacts, tensor_parallel_size: int, kv_dtype_bytes: int = 2) -> int:
-    """KV cache of one token on each GPU (heads replicated when TP exceeds the KV heads)."""
-    heads = kv_heads_per_gpu(facts, tensor_parallel_size)
-    return 2 * facts.num_layers * heads * facts.head_dim * kv_dtype_bytes
+    """KV of one more token on each GPU once sliding windows are full (full and MLA layers only)."""
+    return sum(
+        g.layers * _token_bytes_per_layer(g, tensor_parallel_size, kv_dtype_bytes)
+        for g in attention_groups(facts)
+        if g.window is None
+    )
+
+
+def kv_bytes_per_sequence_per_gpu(
+    facts: ModelFacts, tensor_parallel_size: int, length: int, kv_dtype_bytes: int = 2
+) -> int:
+    """Cache of one sequence of `length` tokens on each GPU: KV by layer group plus recurrent state."""
+    total = 0
+    for g in attention_groups(facts):
+        kept = min(length, g.window) if g.window is not None else length
+        total += g.layers * _token_bytes_per_layer(g, tensor_parallel_size, kv_dtype_bytes) * kept
+    for st in facts.state:
+        total += st.layers * math.ceil(st.state_bytes_per_layer / tensor_parallel_size)
+    return total
 
 
 def activation_bytes(facts: ModelFacts, tensor_parallel_size: int, dtype_bytes: int = 2) -> int:
     """Peak activation memory of the engine's profiling pass on each GPU (see the constants above)."""
-    intermediate = facts.intermediate_size or 4 * facts.hidden_size
+    intermediate = facts.moe_intermediate_size or facts.intermediate_size or 4 * facts.hidden_size
     mlp_width = math.ceil(intermediate / tensor_parallel_size)
     if facts.num_experts_per_token:
         mlp_width *= facts.num_experts_per_token
@@ -152,13 +213,19 @@ def activation_bytes(facts: ModelFacts, tensor_parallel_size: int, dtype_bytes: 
 
 @dataclass(frozen=True, slots=True)
 class MemoryPlan:
-    """Bytes per device (GPU, or the node for CPU profiles) for one candidate."""
+    """Bytes per device (GPU, or the node for CPU profiles) for one candidate at one context length.
+
+    kv_bytes_per_token_per_gpu: what one more token costs once sliding windows are full;
+    kv_bytes_per_sequence_per_gpu: one whole sequence of the planned context (windows, state).
+    """
 
     weight_bytes_per_gpu: int
     kv_bytes_per_token_per_gpu: int
     kv_required_bytes_per_gpu: int
     overhead_bytes_per_gpu: int
     available_bytes_per_gpu: int
+    kv_bytes_per_sequence_per_gpu: int = 0
+    context_tokens: int = 0
 
     @property
     def required_bytes_per_gpu(self) -> int:
@@ -174,12 +241,39 @@ class MemoryPlan:
         return max(0, self.available_bytes_per_gpu - self.weight_bytes_per_gpu - self.overhead_bytes_per_gpu)
 
     @property
+    def _effective_token_bytes(self) -> int:
+        """Per token at the planned context: the sequence's cache spread over its tokens."""
+        if self.kv_bytes_per_sequence_per_gpu and self.context_tokens:
+            return max(1, math.ceil(self.kv_bytes_per_sequence_per_gpu / self.context_tokens))
+        return max(1, self.kv_bytes_per_token_per_gpu)
+
+    @property
     def kv_cache_tokens(self) -> int:
-        return self.kv_cache_bytes_per_gpu // max(1, self.kv_bytes_per_token_per_gpu)
+        """Tokens of planned-length sequences the KV cache holds (0 for models that keep no KV)."""
+        if not self.kv_bytes_per_sequence_per_gpu and not self.kv_bytes_per_token_per_gpu:
+            return 0
+        return self.kv_cache_bytes_per_gpu // self._effective_token_bytes
+
+    def max_sequences(self) -> int | None:
+        """Sequences of the planned context that fit at once (vLLM's "maximum concurrency")."""
+        if not self.kv_bytes_per_sequence_per_gpu:
+            return None
+        return self.kv_cache_bytes_per_gpu // self.kv_bytes_per_sequence_per_gpu
 
     def max_model_len_that_fits(self, min_concurrency: int) -> int:
-        """The longest context for which `min_concurrency` sequences fit in the KV budget."""
-        return self.kv_cache_tokens // max(1, min_concurrency)
+        """An estimate of the longest context for which `min_concurrency` sequences fit in the KV budget."""
+        if not self.kv_bytes_per_token_per_gpu:
+            return self.context_tokens
+        fixed = max(
+            0, self.kv_bytes_per_sequence_per_gpu - self.kv_bytes_per_token_per_gpu * self.context_tokens
+        )
+        budget = self.kv_cache_bytes_per_gpu // max(1, min_concurrency) - fixed
+        return max(0, budget // self.kv_bytes_per_token_per_gpu)
+
+
+def _kv_needed(facts: ModelFacts) -> bool:
+    """Pooling models (embed, rerank, classify) answer in one pass: no KV kept for concurrency."""
+    return facts.task == "generate"
 
 
 def plan_gpu_memory(
@@ -191,22 +285,33 @@ def plan_gpu_memory(
     gpu_memory_bytes: int,
     gpu_memory_utilization: float,
     extra_reserve_bytes: int = 0,
+    pipeline_parallel_size: int = 1,
 ) -> MemoryPlan:
-    """The memory plan of one GPU of a `tensor_parallel_size` profile."""
+    """The memory plan of one GPU of a `tensor_parallel_size` x `pipeline_parallel_size` profile.
+
+    Pipeline stages split the layers (and so weights and KV) evenly; the estimate rounds up.
+    """
     kv_dtype_bytes = 2  # KV cache in the activation dtype (vLLM --kv-cache-dtype auto), also with fp8 weights
-    per_token = kv_bytes_per_token_per_gpu(facts, tensor_parallel_size, kv_dtype_bytes)
+    pp = max(1, pipeline_parallel_size)
+    per_token = math.ceil(kv_bytes_per_token_per_gpu(facts, tensor_parallel_size, kv_dtype_bytes) / pp)
+    per_sequence = math.ceil(
+        kv_bytes_per_sequence_per_gpu(facts, tensor_parallel_size, max_model_len, kv_dtype_bytes) / pp
+    )
     overhead = (
         activation_bytes(facts, tensor_parallel_size)
         + CUDA_GRAPH_BYTES
         + ENGINE_RESERVE_BYTES
         + extra_reserve_bytes
     )
+    required_kv = per_sequence * min_concurrency if _kv_needed(facts) else 0
     return MemoryPlan(
-        weight_bytes_per_gpu=math.ceil(weight_bytes(facts, precision) / tensor_parallel_size),
+        weight_bytes_per_gpu=math.ceil(weight_bytes(facts, precision) / (tensor_parallel_size * pp)),
         kv_bytes_per_token_per_gpu=per_token,
-        kv_required_bytes_per_gpu=per_token * max_model_len * min_concurrency,
+        kv_required_bytes_per_gpu=required_kv,
         overhead_bytes_per_gpu=overhead,
         available_bytes_per_gpu=int(gpu_memory_bytes * gpu_memory_utilization),
+        kv_bytes_per_sequence_per_gpu=per_sequence,
+        context_tokens=max_model_len,
     )
 
 
@@ -226,13 +331,17 @@ def plan_cpu_memory(
     """
     kv_dtype_bytes = int(BYTES_PER_PARAM[precision]) if precision in ("fp32", "bf16", "fp16") else 2
     per_token = kv_bytes_per_token(facts, kv_dtype_bytes)
-    kv_gib = max(1, math.ceil(per_token * max_model_len * min_concurrency / GIB))
+    per_sequence = kv_bytes_per_sequence_per_gpu(facts, 1, max_model_len, kv_dtype_bytes)
+    needed = per_sequence * min_concurrency if _kv_needed(facts) else 0
+    kv_gib = max(1, math.ceil(needed / GIB))
     return MemoryPlan(
         weight_bytes_per_gpu=weight_bytes(facts, precision),
         kv_bytes_per_token_per_gpu=per_token,
         kv_required_bytes_per_gpu=kv_gib * GIB,
         overhead_bytes_per_gpu=CPU_ENGINE_RESERVE_BYTES + extra_reserve_bytes,
         available_bytes_per_gpu=int(node_memory_bytes * memory_utilization),
+        kv_bytes_per_sequence_per_gpu=per_sequence,
+        context_tokens=max_model_len,
     )
 
 

@@ -28,6 +28,7 @@ from inferator.api.inferenceservice import (
 )
 from inferator.api.modelcache import ModelFacts
 from inferator.api.profile import ServingProfile
+from inferator.profiles import compatibility as compat
 from inferator.profiles import engines as eng
 from inferator.profiles.catalog import BUILTIN_CATALOG, GpuSpec, find_by_short_name_or_product
 from inferator.profiles.memory import (
@@ -49,21 +50,28 @@ CONTEXT_STEP_TOKENS = (
 )
 DEFAULT_CONTEXT_TOKENS = 4096  # when config.json states no max_position_embeddings
 _NAME = re.compile(
-    r"^(?P<engine>vllm-cpu|vllm|trtllm|sglang)-(?P<gpu>.+)-(?P<precision>fp4|fp8|int8|int4|fp16|bf16|fp32)"
-    r"-tp(?P<tp>\d+)-(?P<target>latency|throughput)$"
+    r"^(?P<engine>vllm-cpu|vllm|trtllm|sglang)-(?P<gpu>.+)-"
+    r"(?P<precision>nvfp4|mxfp4|fp8|int8|awq|gptq|int4|fp16|bf16|fp32)"
+    r"-tp(?P<tp>\d+)(-pp(?P<pp>\d+))?-(?P<target>latency|throughput)$"
 )
-# Precisions each engine serves from each kind of checkpoint (native = served as stored or cast).
-_TRTLLM_PRECISIONS = ("bf16", "fp16", "fp8", "fp4")
 
 
-def profile_name(engine: Engine, gpu_short_name: str, precision: Precision, tp: int, target: Target) -> str:
-    return f"{engine}-{gpu_short_name}-{precision}-tp{tp}-{target}"
+def profile_name(
+    engine: Engine, gpu_short_name: str, precision: Precision, tp: int, target: Target, pp: int = 1
+) -> str:
+    """`<engine>-<gpu>-<precision>-tp<N>[-pp<M>]-<target>`; the pipeline part only when it spans nodes."""
+    stages = f"-pp{pp}" if pp > 1 else ""
+    return f"{engine}-{gpu_short_name}-{precision}-tp{tp}{stages}-{target}"
 
 
 def parse_profile_name(name: str) -> dict[str, str] | None:
-    """Split a profile name into engine, gpu, precision, tp and target; None if it does not follow the scheme."""
+    """Split a profile name into engine, gpu, precision, tp, pp and target; None if it does not follow the scheme."""
     match = _NAME.match(name)
-    return match.groupdict() if match else None
+    if not match:
+        return None
+    parts = match.groupdict()
+    parts["pp"] = parts.get("pp") or "1"
+    return parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +90,17 @@ class ScoredCandidate:
     max_model_len: int = 0
     native: bool = True  # the device runs this precision natively (not emulated)
     online_quantization: bool = False
+    # Fits, but the GPU-count policy does not offer it (a pin or a TP selector still may).
+    held_back: bool = False
 
     def to_api(self) -> Candidate:
         return Candidate(name=self.name, feasible=self.feasible, reason=f"{self.pool.key}: {self.reason}")
+
+    def _max_sequences(self, kv_bytes: int) -> int | None:
+        m = self.memory
+        if m is None or not m.kv_bytes_per_sequence_per_gpu:
+            return None
+        return kv_bytes // m.kv_bytes_per_sequence_per_gpu
 
     def estimates(self) -> Estimates | None:
         if self.memory is None:
@@ -99,7 +115,7 @@ class ScoredCandidate:
             weight_bytes_per_gpu=m.weight_bytes_per_gpu,
             kv_cache_bytes_per_gpu=kv_bytes,
             kv_cache_tokens=kv_tokens,
-            max_concurrent_sequences=kv_tokens // self.max_model_len if self.max_model_len else None,
+            max_concurrent_sequences=self._max_sequences(kv_bytes),
             required_bytes_per_gpu=m.required_bytes_per_gpu,
             available_bytes_per_gpu=m.available_bytes_per_gpu,
         )
@@ -203,42 +219,29 @@ def _gpu_precisions(facts: ModelFacts) -> tuple[list[tuple[Precision, bool]], st
         return [(pre, False)], ""
     native = precision_of_dtype(facts.dtype)
     base: Precision = "fp16" if native == "fp16" else "bf16"
+    if facts.task != "generate":
+        return [(base, False)], ""  # pooling models are small and accuracy-sensitive: served as trained
     return [(base, False), ("fp8", True)], ""
 
 
 def _precision_verdict(
     engine: Engine, precision: Precision, online: bool, gpu: GpuSpec, facts: ModelFacts
 ) -> tuple[str, bool]:
-    """('' or the reason this engine cannot run this precision on this GPU, natively supported?)."""
-    cc = f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}"
-    if precision == "bf16" and not gpu.supports_bf16:
-        return (
-            f"bf16 needs compute capability 8.0+, {gpu.display_name} has {cc} (fp16 would change numerics)",
-            False,
-        )
-    if precision == "fp4" and not gpu.supports_fp4:
-        return f"fp4 needs compute capability 10.0+ (Blackwell), {gpu.display_name} has {cc}", False
-    if precision == "fp8" and not gpu.supports_fp8:
-        if engine == "vllm" and gpu.supports_bf16:
-            return "", False  # FP8 weight-only (Marlin) kernels on Ampere: works, slower than native
-        return f"fp8 needs compute capability 8.9+, {gpu.display_name} has {cc}", False
-    if precision in ("int4", "int8") and gpu.compute_capability < (7, 5):
-        return f"{precision} kernels need compute capability 7.5+, {gpu.display_name} has {cc}", False
-    if engine == "trtllm":
-        if online:
-            return (
-                "trtllm-serve does not quantise at load: it needs an FP8-quantised checkpoint (ModelOpt)",
-                True,
-            )
-        if precision not in _TRTLLM_PRECISIONS:
-            method = facts.quantization.method if facts.quantization else precision
-            return (
-                f"trtllm-serve profiles cover bf16/fp16/fp8/fp4 checkpoints, this one is {precision} ({method})",
-                True,
-            )
-    if precision == "fp4" and engine == "sglang":
-        return "SGLang profiles do not cover fp4 checkpoints", True
-    return "", True
+    """('' or the reason this engine cannot run this precision on this GPU, natively supported?).
+
+    The per-engine, per-generation table with its sources is profiles/compatibility.py.
+    """
+    if facts.task != "generate" and engine == "trtllm":
+        return f"trtllm-serve has no pooling runner for {facts.task} models", True
+    if engine == "trtllm" and online:
+        return "trtllm-serve does not quantise at load: it needs an FP8-quantised checkpoint (ModelOpt)", True
+    runs, native, reason = compat.support(engine, precision, gpu.compute_capability)
+    if not runs:
+        return f"{reason} ({gpu.display_name})", False
+    if online and not native and engine != "vllm":
+        # vLLM quantises a bf16 checkpoint to FP8 at load on Ampere too (weight-only Marlin).
+        return f"online {precision} quantisation needs native {precision} kernels ({gpu.display_name})", False
+    return "", native
 
 
 def _tp_reason(facts: ModelFacts, tp: int, pool: GpuPool) -> str:
@@ -341,10 +344,12 @@ def _per_target(
     verdict: _Verdict,
     native: bool,
     online: bool,
+    policy: Mapping[str, str] | None = None,
 ) -> list[ScoredCandidate]:
-    """One candidate per target for a verdict (targets share memory; they differ in rank and engine flags)."""
+    """One candidate per target for a verdict (targets share memory; they differ in rank, GPU count policy and flags)."""
     fits, reason, plan, length = verdict
     excluded = _selector_reason(constraints, engine, precision, tp, pool)
+    policy = policy or {}
     return [
         ScoredCandidate(
             name=profile_name(engine, device_short_name, precision, tp, target),
@@ -353,15 +358,56 @@ def _per_target(
             tensor_parallel_size=tp,
             target=target,
             pool=pool,
-            feasible=fits and not excluded,
-            reason=excluded or reason,
+            feasible=fits and not excluded and not policy.get(target),
+            reason=excluded or (policy.get(target) if fits and policy.get(target) else reason) or reason,
             memory=plan,
             max_model_len=length,
             native=native,
             online_quantization=online,
+            held_back=bool(fits and not excluded and policy.get(target)),
         )
         for target in TARGETS
     ]
+
+
+def _gpu_count_policy(
+    verdicts: Sequence[tuple[int, _Verdict]], ctx: _Context, latency_factor: float
+) -> dict[int, dict[str, str]]:
+    """Per TP and target, why a candidate that fits is still not offered (empty: offered).
+
+    Throughput: the fewest GPUs that hold the weights and the requested KV (the full context
+    unless serving.maxModelLen pins less). Latency: the most GPUs within `latency_factor` times
+    that. A TP that fits only by shrinking the context is not offered when a larger one holds
+    the full context.
+    """
+    wanted = ctx.requested or ctx.model_max
+    fitting = [tp for tp, (fits, _, _, _) in verdicts if fits]
+    if not fitting:
+        return {}
+    full = [tp for tp, (fits, _, _, length) in verdicts if fits and length >= wanted]
+    base = min(full) if full else min(fitting)
+    cap = base * latency_factor
+    out: dict[int, dict[str, str]] = {}
+    for tp, (fits, _, _, length) in verdicts:
+        if not fits or tp == base:
+            continue
+        if tp < base:
+            why = (
+                f"tp{tp}: holds the model only with the context shrunk to {length} tokens, tp{base} holds "
+                f"the requested {wanted} (set serving.maxModelLen to serve less on fewer GPUs)"
+            )
+            out[tp] = {"latency": why, "throughput": why}
+            continue
+        out[tp] = {
+            "throughput": f"tp{tp}: throughput profiles use the fewest GPUs that hold the model and its KV (tp{base})",
+            "latency": ""
+            if tp <= cap
+            else (
+                f"tp{tp}: latency profiles use at most {latency_factor:g} x the tp{base} that holds the model "
+                "(selection.latencyGpuFactor), not every GPU a node has"
+            ),
+        }
+    return out
 
 
 def score_candidates(
@@ -393,6 +439,8 @@ def score_candidates(
     ]
     reserve = settings.extra_reserve_mib * MIB
     util = serving.gpu_memory_utilization
+    # A pinned profile or an explicit list of TP sizes is the user's choice of GPU count.
+    uncapped = bool(spec.profile) or constraints.tps is not None
     out: list[ScoredCandidate] = []
     # Engines and targets share the memory plan of a (precision, TP, GPU memory) combination.
     memo: dict[tuple[str, int, int], _Verdict] = {}
@@ -409,6 +457,7 @@ def score_candidates(
                 continue
             for precision, online in gpu_precisions:
                 prec_reason, native = _precision_verdict(engine, precision, online, gpu, facts)
+                verdicts: list[tuple[int, _Verdict]] = []
                 for tp in tps:
                     rejection = _tp_reason(facts, tp, pool) or prec_reason
                     if rejection:
@@ -426,9 +475,21 @@ def score_candidates(
 
                             memo[key] = _memory_verdict(plan_at, ctx, tp, gpu.display_name, util)
                         verdict = memo[key]
+                    verdicts.append((tp, verdict))
+                policy = {} if uncapped else _gpu_count_policy(verdicts, ctx, settings.latency_gpu_factor)
+                for tp, verdict in verdicts:
                     out.extend(
                         _per_target(
-                            constraints, engine, gpu.short_name, precision, tp, pool, verdict, native, online
+                            constraints,
+                            engine,
+                            gpu.short_name,
+                            precision,
+                            tp,
+                            pool,
+                            verdict,
+                            native,
+                            online,
+                            policy.get(tp, {}),
                         )
                     )
     return out, []
@@ -631,12 +692,95 @@ def select_profile(
                 reasons.insert(0, f"no enabled engine can run on the pools {[p.key for p in scan.pools]}")
             closest = _closest(ranked)
             message = f"no profile fits on {len(scan.pools)} pools ({len(ranked)} candidates rejected)"
+            would_fit = what_would_fit(facts, scan.pools, spec, settings, catalog)
+            if would_fit:
+                message += "; would fit: " + " or ".join(would_fit)
+                reasons = [f"would fit: {w}" for w in would_fit] + reasons
             if closest is not None:
                 message += f"; closest: {closest.name} on {closest.pool.key}: {closest.reason}"
             return _failure(message, reasons, ranked, scan)
         chosen = feasible[0]
         ordered = ranked
     return _build_selection(facts, chosen, ordered, spec, settings, scan, served_model_name)
+
+
+# GPUs per node assumed for catalog GPUs the cluster does not have (HGX/DGX boards carry 8).
+SUGGESTED_GPUS_PER_NODE = 8
+MAX_SUGGESTED_NODES = 8
+
+
+def _fits_on(
+    facts: ModelFacts, gpu: GpuSpec, gpus_per_node: int, nodes: int, spec: InferenceServiceSpec,
+    settings: SelectionSettings, precision: Precision,
+) -> MemoryPlan | None:  # fmt: skip
+    """The memory plan of tp=gpus_per_node x pp=nodes when it fits at the requested context, else None."""
+    tp = gpus_per_node
+    if facts.num_attention_heads % tp or nodes > facts.num_layers:
+        return None
+    length = spec.serving.max_model_len or facts.max_position_embeddings or DEFAULT_CONTEXT_TOKENS
+    length = (
+        min(length, max(settings.min_auto_model_len, 1)) if spec.serving.max_model_len is None else length
+    )
+    plan = plan_gpu_memory(
+        facts, precision, tp, length, spec.serving.min_concurrency, gpu.memory_mib * MIB,
+        spec.serving.gpu_memory_utilization, settings.extra_reserve_mib * MIB, pipeline_parallel_size=nodes,
+    )  # fmt: skip
+    return plan if plan.fits else None
+
+
+def what_would_fit(
+    facts: ModelFacts,
+    pools: Sequence[GpuPool],
+    spec: InferenceServiceSpec,
+    settings: SelectionSettings,
+    catalog: Mapping[str, GpuSpec] | None = None,
+) -> list[str]:
+    """When no single node fits: the fewest nodes of each pool's GPU (tp = GPUs per node x pp = nodes),
+    and the smallest single 8-GPU node of a catalog GPU that would hold the model. The input for
+    multi-node serving; the context is the pinned one, or the shortest selection would shrink to."""
+    precisions = [p for p, _ in _gpu_precisions(facts)[0]]
+    out: list[str] = []
+    seen: set[str] = set()
+    for pool in pools:
+        gpu = pool.gpu
+        if gpu is None or gpu.short_name in seen or pool.gpus_per_node < 1:
+            continue
+        seen.add(gpu.short_name)
+        for nodes in range(2, MAX_SUGGESTED_NODES + 1):
+            hit = next(
+                ((p, plan) for p in precisions
+                 if compat.support("vllm", p, gpu.compute_capability)[0]
+                 and (plan := _fits_on(facts, gpu, pool.gpus_per_node, nodes, spec, settings, p)) is not None),
+                None,
+            )  # fmt: skip
+            if hit is not None:
+                precision, plan = hit
+                name = profile_name(
+                    "vllm", gpu.short_name, precision, pool.gpus_per_node, "throughput", nodes
+                )
+                out.append(
+                    f"{nodes} nodes of {pool.gpus_per_node} x {gpu.display_name} "
+                    f"(tp{pool.gpus_per_node} x pp{nodes}, {name}: {gib(plan.required_bytes_per_gpu)} of "
+                    f"{gib(plan.available_bytes_per_gpu)} GiB per GPU)"
+                )
+                break
+    cat = BUILTIN_CATALOG if catalog is None else catalog
+    bigger = sorted(
+        (g for g in cat.values() if g.mig_slice is None and g.short_name not in seen),
+        key=lambda g: (g.memory_mib, g.short_name),
+    )
+    for gpu in bigger:
+        fitting: Precision | None = next(
+            (p for p in precisions if compat.support("vllm", p, gpu.compute_capability)[0]
+             and _fits_on(facts, gpu, SUGGESTED_GPUS_PER_NODE, 1, spec, settings, p) is not None),
+            None,
+        )  # fmt: skip
+        if hit is not None:
+            out.append(
+                f"1 node of {SUGGESTED_GPUS_PER_NODE} x {gpu.display_name} (tp{SUGGESTED_GPUS_PER_NODE}, {hit})"
+            )
+            break
+    return out
 
 
 def _closest(candidates: Sequence[ScoredCandidate]) -> ScoredCandidate | None:
@@ -694,6 +838,8 @@ def _build_selection(
         ),
         cpu_kv_cache_space_gib=eng.cpu_kv_cache_space_gib(plan.kv_required_bytes_per_gpu),
         extra_args=tuple(serving.extra_args),
+        task=facts.task,
+        generative_architecture=facts.architecture.endswith(("ForCausalLM", "ForConditionalGeneration")),
     )
     info = eng.ENGINES[chosen.engine]
     gpu = pool.gpu

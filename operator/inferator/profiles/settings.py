@@ -22,9 +22,12 @@ DEFAULT_RANKING: list[RankKey] = [
 ]
 # NIM's order: TensorRT-LLM > vLLM > SGLang; the CPU engine is for development clusters only.
 DEFAULT_ENGINE_ORDER: list[Engine] = ["trtllm", "vllm", "sglang", "vllm-cpu"]
-# NIM's order: lower precision first. Only precisions the GPU runs natively get this order;
-# emulated ones (FP8 weight-only on Ampere) rank after every native one.
-DEFAULT_PRECISION_ORDER: list[Precision] = ["fp4", "fp8", "int8", "int4", "bf16", "fp16", "fp32"]
+# NIM's order: lower precision first (MXFP4 > FP8 > INT8 > FP16 > BF16). Only precisions the GPU
+# runs natively get this order; weight-only ones (FP8 on Ampere, MXFP4 on Hopper) rank after
+# every native one. Pre-quantised checkpoints have one precision, their own.
+DEFAULT_PRECISION_ORDER: list[Precision] = [
+    "nvfp4", "mxfp4", "fp8", "int8", "awq", "gptq", "int4", "bf16", "fp16", "fp32",
+]  # fmt: skip
 
 
 class SelectionSettings(BaseModel):
@@ -36,7 +39,7 @@ class SelectionSettings(BaseModel):
     - precision: `precisionOrder`, natively supported precisions before emulated ones;
     - engine: `engineOrder`;
     - tensor_parallel: latency profiles prefer more GPUs (lower latency), throughput profiles
-      fewer (more replicas from the same GPUs);
+      fewer (more replicas from the same GPUs), both within `latencyGpuFactor` (see there);
     - bandwidth: faster GPU memory first (decode speed is bandwidth-bound);
     - name: the profile name, then the pool key, so the order is total.
     """
@@ -49,6 +52,15 @@ class SelectionSettings(BaseModel):
     ranking: list[RankKey] = Field(default_factory=lambda: list(DEFAULT_RANKING))
     tensor_parallel_sizes: list[int] = Field(
         default_factory=lambda: [1, 2, 4, 8, 16], description="TP sizes considered (each must fit one node)."
+    )
+    latency_gpu_factor: float = Field(
+        default=2.0,
+        ge=1,
+        le=8,
+        description="GPUs per replica. Throughput profiles use the fewest GPUs that hold the weights and the "
+        "requested KV (the model's full context unless serving.maxModelLen says less); latency profiles use at "
+        "most this many times that (fewer where the heads do not divide), never more because a node has them. "
+        "A selector that lists tensorParallelSizes, or a pinned profile, is not capped.",
     )
     min_auto_model_len: int = Field(
         default=4096,

