@@ -775,9 +775,9 @@ def what_would_fit(
              and _fits_on(facts, gpu, SUGGESTED_GPUS_PER_NODE, 1, spec, settings, p) is not None),
             None,
         )  # fmt: skip
-        if hit is not None:
+        if fitting is not None:
             out.append(
-                f"1 node of {SUGGESTED_GPUS_PER_NODE} x {gpu.display_name} (tp{SUGGESTED_GPUS_PER_NODE}, {hit})"
+                f"1 node of {SUGGESTED_GPUS_PER_NODE} x {gpu.display_name} (tp{SUGGESTED_GPUS_PER_NODE}, {fitting})"
             )
             break
     return out
