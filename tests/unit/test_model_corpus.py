@@ -101,12 +101,35 @@ def test_kv_per_token_is_the_engines_formula(name: str) -> None:
     c = config(name)
     facts = facts_from_directory(CORPUS / name)
     assert kv_bytes_per_token(facts) == engine_kv_bytes_per_token(c, facts)
-    windows = [g for g in facts.attention if g.window is not None]
-    long = 100_000
-    sequence = kv_bytes_per_sequence_per_gpu(facts, 1, long)
-    bounded = sum(g.layers * g.kv_heads * (g.head_dim + g.v_head_dim) * 2 * g.window for g in windows)  # type: ignore[operator]
+    # What vLLM reserves per sequence on CUDA (16-token blocks, 8192 tokens per step), from its
+    # spec classes: a full layer every token; a sliding layer its window - 1 plus one step, plus a
+    # block; a chunked layer one chunk plus one step; a hybrid stack in equal padded groups.
+    long = 100_000  # a multiple of the block: full layers keep exactly `long`
+    kinds = [g for g in facts.attention if g.kind != "encoder" and g.layers]
+    counts = [g.layers for g in kinds]
+    size = 1 if len(counts) <= 1 else (max(counts) if max(counts) < 1.5 * min(counts) else min(counts))
+    bounded = 0
+    for g in kinds:
+        if g.window is None:
+            continue
+        if g.kind == "chunked":
+            slots = -(-min(g.window + 8192, long) // 16) * 16
+        else:
+            slots = (-(-min(g.window - 1 + 8192, long) // 16) + 1) * 16
+        padded = -(-g.layers // size) * size
+        bounded += padded * g.kv_heads * (g.head_dim + g.v_head_dim) * 2 * slots
+    full_padding = sum(
+        (-(-g.layers // size) * size - g.layers)
+        * (g.head_dim + g.v_head_dim if g.kind != "mla" else g.head_dim)
+        * (g.kv_heads if g.kind != "mla" else 1)
+        * 2
+        * long
+        for g in kinds
+        if g.window is None
+    )
     state = sum(s.layers * s.state_bytes_per_layer for s in facts.state)
-    assert sequence == kv_bytes_per_token(facts) * long + bounded + state
+    sequence = kv_bytes_per_sequence_per_gpu(facts, 1, long)
+    assert sequence == kv_bytes_per_token(facts) * long + full_padding + bounded + state
 
 
 def test_known_shapes() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from inferator.prefetch.journal import JOURNAL_NAME, Journal
 from tests.prefetch_servers import (
     MIB,
     Fault,
@@ -282,7 +284,11 @@ def test_a_killed_download_resumes_and_does_not_fetch_finished_files_again(
     try:
         while time.monotonic() < deadline:
             parts = list((dest / ".inferator" / "tmp").glob("*.part")) if dest.exists() else []
-            if all((dest / p).exists() for p in others) and parts and parts[0].stat().st_size == MIB:
+            # The journal line follows each rename: wait for it, not for the file, or the kill can
+            # land between the two and the next run rightly fetches that file again.
+            journal = Journal(dest / ".inferator" / JOURNAL_NAME)
+            journaled = all(p in journal.entries for p in others)
+            if journaled and parts and parts[0].stat().st_size == MIB:
                 break
             time.sleep(0.05)
         else:
@@ -302,3 +308,25 @@ def test_a_killed_download_resumes_and_does_not_fetch_finished_files_again(
     assert len(shard_gets) == 2
     assert shard_gets[1].range.startswith(f"bytes={MIB}-")
     assert run.sink.progress[0]["bytesDone"] == model.total_bytes - model.by_path()[SHARD[7:]].size + MIB
+
+
+def test_a_model_the_planner_cannot_price_still_completes_and_says_why(
+    tmp_path: Path, model: Model, files: FileServer
+) -> None:
+    """Sound files of an unknown quantisation are a complete cache, not a failed download."""
+    config = json.loads((model.root / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "hqq", "nbits": 4}
+    (model.root / "config.json").write_text(json.dumps(config))
+
+    run = run_prefetch(f"{files.url}/llama/", tmp_path / "cache")
+
+    assert run.code == 0, run.termination
+    assert sorted(tree_digest(run.dest)) == sorted(expected(model))
+    final = run.sink.final
+    assert final["model"] is None
+    assert "hqq" in final["modelError"]
+    manifest = run.manifest
+    assert manifest is not None and manifest.get("model") is None
+
+    again = run_prefetch(f"{files.url}/llama/", tmp_path / "cache")  # resumed: the verdict is the same
+    assert again.code == 0 and "hqq" in again.sink.final["modelError"]

@@ -231,4 +231,13 @@ class ModelCacheStatus(ApiModel):
     size_bytes: int | None = None
     progress: Progress | None = None
     model: ModelFacts | None = None
+    model_error: str | None = Field(
+        default=None,
+        max_length=2048,
+        description=(
+            "Why the model's facts could not be read (an architecture or quantisation the planner "
+            "cannot price). The weights are cached and Ready; InferenceServices on it report "
+            "UnsupportedModel instead of selecting a profile."
+        ),
+    )
     message: str | None = None

@@ -157,7 +157,7 @@ def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]
     elif (
         cache_ready is None
         or cache_ready.status != "True"
-        or cache_status.model is None
+        or (cache_status.model is None and not cache_status.model_error)
         or not cache_status.pvc_name
     ):
         why = f": {cache_ready.reason}: {cache_ready.message}" if cache_ready else ""
@@ -181,7 +181,13 @@ def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]
         ready_reason = cache_reason if cache_reason in ("CacheNotFound", "CacheFailed") else "WaitingForCache"
         conds.set("Ready", "False", ready_reason, cache_message)
         return _finish(out, status, conds, "WaitingForCache", generation)
-    assert cache is not None and cache_status.model is not None and cache_status.pvc_name is not None
+    assert cache is not None and cache_status.pvc_name is not None
+    if cache_status.model is None:
+        # Waiting would not help: the cache is complete, the planner cannot price its model.
+        message = f"ModelCache {cache_name!r} holds a model no profile can be selected for: {cache_status.model_error}"
+        conds.set("ProfileSelected", "False", "UnsupportedModel", message)
+        conds.set("Ready", "False", "UnsupportedModel", message)
+        return _finish(out, status, conds, "NoCompatibleProfile", generation)
 
     cache_spec = ModelCacheSpec.model_validate(cache["spec"])
     selection = _select(spec, status, generation, cache_status.model, cache_name)

@@ -171,14 +171,17 @@ def reconcile(
     if state == "failed":
         return Outcome("Failed", "False", "PrefetchFailed", message, pvc_name, job_name)
     if state == "succeeded":
-        if not (known and status.model is not None):
+        if not (known and (status.model is not None or status.model_error)):
             return Outcome("Failed", "False", "PrefetchFailed",
                            f"Job {job_name} finished without reporting a verified cache", pvc_name, job_name)  # fmt: skip
         total = status.size_bytes or 0
         revision_note = f" at revision {status.resolved_revision}" if status.resolved_revision else ""
+        facts_note = (
+            f"; no profile can be selected for it: {status.model_error}" if status.model is None else ""
+        )
         return Outcome("Ready", "True", "Prefetched",
-                       f"{spec.source.uri}{revision_note}: {total / 2**30:.2f} GiB verified on PVC {pvc_name}",
-                       pvc_name, job_name)  # fmt: skip
+                       f"{spec.source.uri}{revision_note}: {total / 2**30:.2f} GiB verified on PVC {pvc_name}"
+                       f"{facts_note}", pvc_name, job_name)  # fmt: skip
     return Outcome("Downloading", "False", "Downloading", f"Job {job_name} is downloading into PVC {pvc_name}",
                    pvc_name, job_name)  # fmt: skip
 

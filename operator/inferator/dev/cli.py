@@ -2,7 +2,7 @@
 
 inferator dev build   compile the test-bed binaries into the cache (once per version)
 inferator dev up      start the control plane with simulated GPU nodes
-inferator dev demo    up + CRDs + operator + examples/ applied + their status printed
+inferator dev demo    up + CRDs + operator + examples/ + a tiny model served and asked (see dev/demo.py)
 inferator dev status  print nodes and Inferator resources
 inferator dev down    stop everything started by up/demo
 """
@@ -21,8 +21,9 @@ from typing import Any
 
 import yaml
 
-from inferator.dev import toolchain
+from inferator.dev import demo, toolchain
 from inferator.dev.cluster import LocalCluster, free_port
+from inferator.dev.tiny_model import vllm_python
 
 DEMO_NAMESPACE = "inferator-demo"
 
@@ -140,27 +141,71 @@ def main(argv: list[str]) -> int:
     if args.action == "build":
         toolchain.build_all()
         return 0
-    cluster = LocalCluster(_state_dir(args.state_dir))
+    # The runner node (pods that really run) is part of every cluster these commands manage,
+    # so `down` stops it too.
+    state_dir = _state_dir(args.state_dir)
+    cluster = LocalCluster(state_dir, runner_images=demo.runner_images())
     if args.action == "down":
         stop_operator(cluster)
+        demo.stop_mirror(cluster)
         cluster.down()
-        print(f"stopped the local control plane in {cluster.state_dir}")
+        print(
+            f"stopped the local control plane, its runner node, the operator and the model mirror in {cluster.state_dir}"
+        )
         return 0
     if args.action == "status":
         print_status(cluster)
         return 0
-    toolchain.build_all(["etcd", "kubernetes", "kwok"])
-    t0 = time.monotonic()
-    cluster.up()
-    install_crds(cluster)
-    print(f"control plane up in {time.monotonic() - t0:.1f}s: export KUBECONFIG={cluster.kubeconfig}")
+    progress = demo.Progress()
+    with progress.step("Test bed binaries (first run: about 30 min of Go builds on 2 cores, then cached)"):
+        toolchain.build_all(["etcd", "kubernetes", "kwok"])
     if args.action == "demo":
-        start_operator(cluster)
-        cluster.create_namespace(DEMO_NAMESPACE)
-        objects = apply_examples(cluster, args.examples, DEMO_NAMESPACE)
-        wait_handled(cluster, objects, timeout_s=90)
+        try:
+            vllm_python()
+        except FileNotFoundError as exc:
+            print(f"inferator dev demo: {exc}", file=sys.stderr)
+            return 2
+    with progress.step("Control plane, KWOK GPU nodes and the runner node"):
+        cluster.kwok_stages = demo.kwok_stages(cluster.state_dir)
+        cluster.up()
+        install_crds(cluster)
+    progress.say(f"export KUBECONFIG={cluster.kubeconfig}")
+    if args.action == "demo":
+        return _demo(cluster, args.examples, progress)
+    return 0
+
+
+def _demo(cluster: LocalCluster, examples: Path, progress: demo.Progress) -> int:
+    cluster.create_namespace(DEMO_NAMESPACE)
+    # The GPU examples first, and their simulated prefetch reports, before the operator runs.
+    objects = apply_examples(cluster, examples, DEMO_NAMESPACE)
+    simulated = demo.report_simulated_prefetch(cluster, examples, objects)
+    start_operator(cluster)
+    progress.say(f"operator running (log: {cluster.logs / 'operator.log'}); examples/ applied")
+    try:
+        svc, answer = demo.serve_tiny_model(cluster, DEMO_NAMESPACE, progress, cluster.state_dir / "demo")
+    except (RuntimeError, TimeoutError) as exc:
         print_status(cluster)
-        print(f"\nThe cluster and operator keep running (logs: {cluster.logs}).")
-        print(f"  export KUBECONFIG={cluster.kubeconfig}; {toolchain.binary('kubectl')} get infsvc -A")
-        print("  stop with: make down")
+        print(
+            f"\ninferator dev demo: {exc}\n  operator log: {cluster.logs / 'operator.log'}", file=sys.stderr
+        )
+        return 1
+    wait_handled(cluster, objects, timeout_s=60)
+    kubectl = toolchain.binary("kubectl")
+    print(f"\n$ kubectl get infsvc,mcache -n {DEMO_NAMESPACE}")
+    print(cluster.kubectl("get", "infsvc,mcache", "-n", DEMO_NAMESPACE).stdout)
+    print_status(cluster)
+    if simulated:
+        print(f"{', '.join(simulated)}: {demo.SIMULATED_NOTE}. Their profiles are selected against the")
+        print(
+            "simulated GPU pools; they stay Deploying because no engine runs on a simulated node to warm up.\n"
+        )
+    print(
+        f"{demo.TINY} is Ready: {svc['status']['profile']} on {svc['status'].get('pool') or 'the runner node'}"
+    )
+    print(f"\n$ {demo.curl_command(answer)}")
+    print(f"answer ({answer.completion_tokens} tokens, random weights): {answer.text!r}")
+    print(f"\nThe cluster, the operator and the model mirror keep running (logs: {cluster.logs}).")
+    print(f"  export KUBECONFIG={cluster.kubeconfig}; {kubectl} get infsvc,mcache -A")
+    print("  stop with: make down")
     return 0

@@ -94,6 +94,9 @@ class LocalCluster:
     # Audit every request, reads and watches too (the reconcile benchmark counts them); by
     # default only writes are audited, which is what tests count.
     audit_reads: bool = False
+    # KWOK's stages (how simulated pods and volumes move through their lifecycle); default the
+    # upstream set extracted by toolchain, which marks every readiness gate of a pod True.
+    kwok_stages: Path | None = None
 
     def __post_init__(self) -> None:
         self.state_dir = self.state_dir.resolve()
@@ -239,7 +242,7 @@ class LocalCluster:
                     f"--apiserver-port={p['apiserver']}", *images]  # fmt: skip
         if component == "kwok":
             return [
-                str(bin_("kwok")), f"--kubeconfig={kcfg}", f"--config={toolchain.kwok_stages_path()}",
+                str(bin_("kwok")), f"--kubeconfig={kcfg}", f"--config={self.kwok_stages or toolchain.kwok_stages_path()}",
                 "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 # Pod and node IPs on loopback: anything that dials a simulated pod (the
                 # operator's warm-up) reaches this machine only, and is refused at once.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from inferator.api.cache_manifest import CacheManifest
@@ -56,7 +57,9 @@ from inferator.prefetch.retry import RetryPolicy
 from inferator.prefetch.sources import Listing, PvcSource, Source, open_source
 from inferator.prefetch.sources.listing import safe_relative_path
 from inferator.prefetch.verify import check_safetensors
+from inferator.profiles.model_config import UnsupportedModel
 from inferator.profiles.model_facts import facts_from_directory
+from inferator.profiles.quantization import UnsupportedQuantization
 
 log = logging.getLogger("inferator.prefetch")
 
@@ -95,10 +98,25 @@ def write_termination_log(path: Path, reason: str) -> None:
         pass
 
 
-def read_facts(model_dir: Path) -> ModelFacts:
-    """config.json + safetensors headers of what is now on disk; a failure is a verification failure."""
+@dataclass(frozen=True, slots=True)
+class FactsReading:
+    """The model's facts, or why the planner cannot price this model although its files are sound."""
+
+    facts: ModelFacts | None
+    error: str | None = None
+
+
+def read_facts(model_dir: Path) -> FactsReading:
+    """config.json + safetensors headers of what is now on disk.
+
+    An architecture or quantisation the planner does not know is not a broken download: the
+    cache completes and says why no profile can be chosen. Unreadable or malformed files are.
+    """
     try:
-        return facts_from_directory(model_dir)
+        return FactsReading(facts_from_directory(model_dir))
+    except (UnsupportedModel, UnsupportedQuantization) as exc:
+        log.warning("the weights are cached, but no profile can be selected for them: %s", exc)
+        return FactsReading(None, str(exc))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise VerificationError(f"cannot read the model's facts from {model_dir}: {exc}") from exc
 
@@ -134,9 +152,13 @@ def _prune(layout: CacheLayout, journal: Journal, stale: set[str]) -> None:
 
 
 def _report_done(
-    config: PrefetchConfig, reporter: Reporter, listing: Listing, facts: ModelFacts, progress: Progress
+    config: PrefetchConfig, reporter: Reporter, listing: Listing, facts: FactsReading, progress: Progress
 ) -> None:
-    reporter.final(final_status(config.content_hash, listing.total_bytes, listing.revision, facts, progress))
+    reporter.final(
+        final_status(
+            config.content_hash, listing.total_bytes, listing.revision, facts.facts, progress, facts.error
+        )
+    )
 
 
 def _verify_in_place(
@@ -198,7 +220,7 @@ def run_fetch(config: PrefetchConfig, reporter: Reporter) -> str:
     if existing is not None and manifest_matches(existing, config.source, listing):
         wrong = files_on_disk_match(existing, layout)
         if not wrong:
-            facts = existing.model or read_facts(model_dir)
+            facts = FactsReading(existing.model) if existing.model else read_facts(model_dir)
             done = Progress(
                 bytes_done=listing.total_bytes, bytes_total=listing.total_bytes,
                 files_done=files_total, files_total=files_total,
@@ -218,7 +240,7 @@ def run_fetch(config: PrefetchConfig, reporter: Reporter) -> str:
         sha256s = _download(config, source, listing, layout, progress, reporter, existing)
 
     facts = read_facts(model_dir)
-    write_manifest(layout, build_manifest(config.source, listing, sha256s, facts))
+    write_manifest(layout, build_manifest(config.source, listing, sha256s, facts.facts))
     final = progress.snapshot(final=True)
     _report_done(config, reporter, listing, facts, final)
     rate = f", {final.bytes_per_second / 1e6:.1f} MB/s" if final.bytes_per_second else ""

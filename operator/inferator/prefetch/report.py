@@ -45,12 +45,22 @@ def progress_status(progress: Progress) -> dict[str, Any]:
 
 
 def final_status(
-    content_hash: str | None, size_bytes: int, revision: str | None, facts: ModelFacts, progress: Progress
+    content_hash: str | None,
+    size_bytes: int,
+    revision: str | None,
+    facts: ModelFacts | None,
+    progress: Progress,
+    model_error: str | None = None,
 ) -> dict[str, Any]:
-    """What a completed fetch reports, in one patch so the operator never sees half of it."""
+    """What a completed fetch reports, in one patch so the operator never sees half of it.
+
+    Exactly one of `model` and `modelError` is set; the other is nulled, which a merge patch
+    reads as "remove", so facts of an earlier revision never outlive it.
+    """
     return {
         **size_status(content_hash, size_bytes, revision),
-        "model": facts.to_k8s(),
+        "model": facts.to_k8s() if facts is not None else None,
+        "modelError": None if facts is not None else (model_error or "the model's facts were not read"),
         **progress_status(progress),
     }
 

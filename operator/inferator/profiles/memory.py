@@ -15,7 +15,8 @@ cache manager allocates it (vllm/v1/kv_cache_interface.py, `max_memory_usage_byt
 spec): full-attention layers keep every token (K and V per KV head, sharded over TP and
 replicated when TP exceeds the KV heads); MLA layers keep one latent of kv_lora_rank +
 qk_rope_head_dim per token, the same on every TP rank; sliding-window and chunked layers keep
-at most their window; Mamba and linear-attention layers keep a fixed state per sequence
+their window plus one scheduler step of prefill (`KVPaging`), so a window saves memory only at
+contexts longer than window + max_num_batched_tokens; all of it in whole blocks; Mamba and linear-attention layers keep a fixed state per sequence
 (`ModelFacts.state`), sharded by heads over TP; encoder-only layers keep nothing.
 """
 
@@ -187,14 +188,68 @@ def kv_bytes_per_token_per_gpu(facts: ModelFacts, tensor_parallel_size: int, kv_
     )
 
 
+@dataclass(frozen=True, slots=True)
+class KVPaging:
+    """How an engine pages KV: tokens per block, and tokens in flight in one scheduler step.
+
+    A sliding-window layer cannot free what the step still reads, so it holds its window plus one
+    step of prefill (vLLM: SlidingWindowSpec.max_admission_blocks_per_request), plus a block for a
+    window that starts mid-block; a chunked-local layer holds one chunk plus the step.
+    """
+
+    block_size: int
+    in_flight_tokens: int
+
+
+# vLLM's defaults for the OpenAI server: 16-token blocks and 8192 batched tokens on CUDA
+# (vllm/engine/arg_utils.py), 128-token blocks and 2048 batched tokens on CPU (platforms/cpu.py).
+GPU_PAGING = KVPaging(block_size=16, in_flight_tokens=ACTIVATION_TOKENS)
+CPU_PAGING = KVPaging(block_size=128, in_flight_tokens=2048)
+
+
+def _tokens_kept(group: AttentionGroup, length: int, paging: KVPaging) -> int:
+    """Token slots one sequence of `length` tokens holds in a layer of this group, in whole blocks."""
+    block = paging.block_size
+    if group.window is None:
+        return math.ceil(length / block) * block
+    if group.kind == "chunked":
+        return math.ceil(min(group.window + paging.in_flight_tokens, length) / block) * block
+    return (math.ceil(min(group.window - 1 + paging.in_flight_tokens, length) / block) + 1) * block
+
+
+def _layers_per_kv_group(groups: list[AttentionGroup]) -> int:
+    """vLLM's hybrid allocator splits each layer kind into groups of one size and pads short ones.
+
+    The size is the smallest kind's layer count, or the largest when the kinds are within 1.5x
+    of each other (vllm/v1/core/kv_cache_utils.py, _get_kv_cache_groups_uniform_page_size).
+    """
+    counts = [g.layers for g in groups if g.layers > 0 and g.kind != "encoder"]
+    if len(counts) <= 1:
+        return 1
+    smallest, largest = min(counts), max(counts)
+    return largest if largest < smallest * 1.5 else smallest
+
+
 def kv_bytes_per_sequence_per_gpu(
-    facts: ModelFacts, tensor_parallel_size: int, length: int, kv_dtype_bytes: int = 2
+    facts: ModelFacts,
+    tensor_parallel_size: int,
+    length: int,
+    kv_dtype_bytes: int = 2,
+    paging: KVPaging = GPU_PAGING,
 ) -> int:
-    """Cache of one sequence of `length` tokens on each GPU: KV by layer group plus recurrent state."""
+    """Cache of one sequence of `length` tokens on each GPU: KV by layer group plus recurrent state.
+
+    This is what the engine reserves per admitted sequence, so it is also what its "maximum
+    concurrency" divides the pool by: whole blocks, a window's in-flight margin, and the padding
+    layers of a hybrid stack whose kinds do not divide into equal groups.
+    """
+    groups = attention_groups(facts)
+    group_size = _layers_per_kv_group(groups)
     total = 0
-    for g in attention_groups(facts):
-        kept = min(length, g.window) if g.window is not None else length
-        total += g.layers * _token_bytes_per_layer(g, tensor_parallel_size, kv_dtype_bytes) * kept
+    for g in groups:
+        layers = g.layers if group_size == 1 else math.ceil(g.layers / group_size) * group_size
+        per_token = _token_bytes_per_layer(g, tensor_parallel_size, kv_dtype_bytes)
+        total += layers * per_token * _tokens_kept(g, length, paging)
     for st in facts.state:
         total += st.layers * math.ceil(st.state_bytes_per_layer / tensor_parallel_size)
     return total
@@ -240,19 +295,23 @@ class MemoryPlan:
         """What the engine will allocate for KV: all the budget left after weights and overheads."""
         return max(0, self.available_bytes_per_gpu - self.weight_bytes_per_gpu - self.overhead_bytes_per_gpu)
 
-    @property
-    def _effective_token_bytes(self) -> int:
-        """Per token at the planned context: the sequence's cache spread over its tokens."""
+    def tokens_in(self, kv_bytes: int) -> int:
+        """Tokens of planned-length sequences `kv_bytes` of cache holds: vLLM's "KV cache size".
+
+        The engine reports its maximum concurrency times max_model_len, so windows, state and
+        block rounding count as the sequence's cache spread over its tokens; 0 for models that
+        keep no KV.
+        """
         if self.kv_bytes_per_sequence_per_gpu and self.context_tokens:
-            return max(1, math.ceil(self.kv_bytes_per_sequence_per_gpu / self.context_tokens))
-        return max(1, self.kv_bytes_per_token_per_gpu)
+            return kv_bytes * self.context_tokens // self.kv_bytes_per_sequence_per_gpu
+        if self.kv_bytes_per_token_per_gpu:
+            return kv_bytes // self.kv_bytes_per_token_per_gpu
+        return 0
 
     @property
     def kv_cache_tokens(self) -> int:
-        """Tokens of planned-length sequences the KV cache holds (0 for models that keep no KV)."""
-        if not self.kv_bytes_per_sequence_per_gpu and not self.kv_bytes_per_token_per_gpu:
-            return 0
-        return self.kv_cache_bytes_per_gpu // self._effective_token_bytes
+        """Tokens of planned-length sequences the KV cache the engine allocates holds."""
+        return self.tokens_in(self.kv_cache_bytes_per_gpu)
 
     def max_sequences(self) -> int | None:
         """Sequences of the planned context that fit at once (vLLM's "maximum concurrency")."""
@@ -331,7 +390,7 @@ def plan_cpu_memory(
     """
     kv_dtype_bytes = int(BYTES_PER_PARAM[precision]) if precision in ("fp32", "bf16", "fp16") else 2
     per_token = kv_bytes_per_token(facts, kv_dtype_bytes)
-    per_sequence = kv_bytes_per_sequence_per_gpu(facts, 1, max_model_len, kv_dtype_bytes)
+    per_sequence = kv_bytes_per_sequence_per_gpu(facts, 1, max_model_len, kv_dtype_bytes, CPU_PAGING)
     needed = per_sequence * min_concurrency if _kv_needed(facts) else 0
     kv_gib = max(1, math.ceil(needed / GIB))
     return MemoryPlan(

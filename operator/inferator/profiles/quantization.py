@@ -215,7 +215,9 @@ def quantization_from_config(config: Mapping[str, Any]) -> Quantization | None:
     if method in ("awq", "awq_marlin", "gptq", "gptq_marlin"):
         bits = _int(q.get("bits") or q.get("w_bit")) or 4
         group = _int(q.get("group_size") or q.get("q_group_size")) or 128
-        zero = q.get("zero_point", True) if method.startswith("awq") else not q.get("sym", True) or True
+        # AWQ stores zero points only with zero_point; GPTQ's layout stores packed qzeros even
+        # when sym is true (the kernels read a constant zero from them), so they always count.
+        zero = bool(q.get("zero_point", True)) if method.startswith("awq") else True
         # fp16 scale + packed zero point per group (AutoAWQ/AutoGPTQ layouts); g_idx is per row, negligible.
         overhead = _group_overhead(group, 2, bits if zero else 0)
         scheme = "awq" if method.startswith("awq") else "gptq"

@@ -110,7 +110,7 @@ class ScoredCandidate:
         kv_tokens = m.kv_cache_tokens
         if self.engine == "vllm-cpu":
             kv_bytes = eng.cpu_kv_cache_space_gib(m.kv_required_bytes_per_gpu) * GIB
-            kv_tokens = kv_bytes // max(1, m.kv_bytes_per_token_per_gpu)
+            kv_tokens = m.tokens_in(kv_bytes)
         return Estimates(
             weight_bytes_per_gpu=m.weight_bytes_per_gpu,
             kv_cache_bytes_per_gpu=kv_bytes,

