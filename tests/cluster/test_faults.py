@@ -212,9 +212,11 @@ def test_two_operator_replicas_only_one_acts(
         acted = [
             i for i, log in enumerate(logs) if "reconcile_inferenceservice" in log and "succeeded" in log
         ]
+        assert len(acted) == 1, f"exactly one replica reconciles; acted: {acted}"
         # The standby either paused when it saw the other's higher priority, or started paused
-        # (kopf waits for the first peering round) and never resumed.
+        # (kopf waits for the first peering round) and never resumed; either way it handled nothing.
         standby = logs[1 - acted[0]]
+        assert "reconcile_inferenceservice" not in standby and "reconcile_modelcache" not in standby
         assert "Pausing operations in favour of" in standby or "Resuming operations" not in standby
         assert all(r.proc.poll() is None for r in replicas), "the standby waits, it does not exit"
         peering = kubectl_json("kopfpeering/inferator", "-n", namespace)

@@ -60,3 +60,33 @@ def test_argocd_cm_keys() -> None:
         "resource.customizations.health.inferator.dev_InferenceService",
         "resource.customizations.health.inferator.dev_ModelCache",
     ]
+
+
+@pytest.mark.parametrize(
+    ("done", "total", "shown"),
+    [(0, 1, "0.0 of 0.0"), (2**30 + 2**30 // 2, 140 * 2**30, "1.5 of 140.0"), (1234 * 2**30, 1234 * 2**30, "1234.0 of 1234.0")],
+)  # fmt: skip
+def test_progress_in_gib_without_the_string_library(done: int, total: int, shown: str) -> None:
+    body = obj(
+        "ModelCache",
+        1,
+        1,
+        "Downloading",
+        ("False", "Downloading"),
+        progress={"bytesDone": done, "bytesTotal": total},
+    )
+    assert health(body)["message"] == f"Downloading: m ({shown} GiB)"
+
+
+def test_scripts_run_only_with_what_argocd_opens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner itself refuses what Argo CD's VM lacks, so the checks above can fail."""
+    from inferator import argocd
+
+    monkeypatch.setattr(
+        argocd, "lua_source", lambda kind: 'hs = {status = string.format("%s", "Healthy")}\nreturn hs'
+    )
+    with pytest.raises(Exception, match="string"):
+        health(obj("ModelCache", 1, 1, "Ready", ("True", "Prefetched")))
+    monkeypatch.setattr(argocd, "lua_source", lambda kind: 'hs = {status = ("healthy"):upper()}\nreturn hs')
+    with pytest.raises(Exception, match=r"upper|index"):
+        health(obj("ModelCache", 1, 1, "Ready", ("True", "Prefetched")))

@@ -112,16 +112,49 @@ def test_hpa_scales_on_the_engines_queue_metric_and_leaves_replicas_to_it() -> N
     assert objs["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
 
 
-@pytest.mark.parametrize(("spec", "keda"), [({"minReplicas": 0, "maxReplicas": 2}, True),
-                                            ({"minReplicas": 1, "maxReplicas": 2}, True)])  # fmt: skip
-def test_keda_scaled_object_when_installed_and_for_scale_to_zero(spec: dict[str, Any], keda: bool) -> None:
-    objs = children(autoscaling={**spec, "metric": "kvCacheUsage", "target": 0.8}, keda_installed=keda)
+@pytest.mark.parametrize(
+    "spec",
+    [{"minReplicas": 0, "maxReplicas": 2}, {"minReplicas": 1, "maxReplicas": 2}],
+    ids=["scale-to-zero", "auto-with-keda-installed"],
+)
+def test_keda_scaled_object_when_installed_and_for_scale_to_zero(spec: dict[str, Any]) -> None:
+    objs = children(autoscaling={**spec, "metric": "kvCacheUsage", "target": 0.8}, keda_installed=True)
     assert "HorizontalPodAutoscaler" not in objs
     scaled = objs["ScaledObject"]["spec"]
     assert scaled["minReplicaCount"] == spec["minReplicas"]
     query = scaled["triggers"][0]["metadata"]["query"]
     assert query == 'sum(vllm:kv_cache_usage_perc{namespace="team-a",model_name="llama"})'
     assert scaled["triggers"][0]["metadata"]["threshold"] == "0.8"
+
+
+def test_auto_without_keda_falls_back_to_an_hpa_on_the_same_signal() -> None:
+    objs = children(
+        autoscaling={"minReplicas": 1, "maxReplicas": 2, "metric": "kvCacheUsage", "target": 0.8},
+        keda_installed=False,
+    )
+    assert "ScaledObject" not in objs
+    metric = objs["HorizontalPodAutoscaler"]["spec"]["metrics"][0]["pods"]["metric"]["name"]
+    assert metric == "vllm_kv_cache_usage_perc"
+
+
+def test_gpu_pod_is_burstable_with_its_workers_and_shm_requested() -> None:
+    """GPUs are not a QoS resource: without a memory request the pod would be BestEffort."""
+    objs = children()
+    resources = container(objs)["resources"]
+    profile = json.loads(next(e["value"] for e in container(objs)["env"] if e["name"] == "INFERATOR_PROFILE"))
+    gpus = profile["tensorParallelSize"]
+    requested = resources["requests"]["memory"]
+    assert requested.endswith("Gi")
+    shm = next(v for v in objs["Deployment"]["spec"]["template"]["spec"]["volumes"] if v["name"] == "shm")
+    shm_gi = int(shm["emptyDir"]["sizeLimit"].removesuffix("Gi"))
+    assert int(requested.removesuffix("Gi")) == 4 * gpus + shm_gi
+
+
+def test_probes_give_a_busy_engine_time_to_answer() -> None:
+    c = container(children())
+    assert c["readinessProbe"]["timeoutSeconds"] >= 5
+    assert c["livenessProbe"]["timeoutSeconds"] >= 5
+    assert c["startupProbe"]["timeoutSeconds"] >= 5
 
 
 def test_keda_cpu_uses_the_cpu_trigger() -> None:

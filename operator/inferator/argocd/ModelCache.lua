@@ -1,5 +1,22 @@
 -- Argo CD health for inferator.dev/ModelCache.
 -- Healthy once the weights are verified on the volume; Degraded when the prefetch failed.
+-- Argo CD opens only the base, table and package libraries: no string.format or math.floor.
+-- Bytes as GiB with one decimal (rounded down), from arithmetic alone.
+local function gib(bytes)
+  local tenths = bytes * 10 / 1073741824
+  tenths = tenths - tenths % 1
+  local digits = {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"}
+  local fraction = digits[tenths % 10 + 1]
+  local whole = (tenths - tenths % 10) / 10
+  local text = ""
+  repeat
+    local digit = whole % 10
+    text = digits[digit + 1] .. text
+    whole = (whole - digit) / 10
+  until whole < 1
+  return text .. "." .. fraction
+end
+
 hs = {}
 if obj.status == nil then
   hs.status = "Progressing"
@@ -32,7 +49,7 @@ else
   hs.status = "Progressing"
   local progress = obj.status.progress
   if progress ~= nil and progress.bytesTotal ~= nil and progress.bytesTotal > 0 then
-    message = message .. string.format(" (%.1f of %.1f GiB)", progress.bytesDone / 1073741824, progress.bytesTotal / 1073741824)
+    message = message .. " (" .. gib(progress.bytesDone or 0) .. " of " .. gib(progress.bytesTotal) .. " GiB)"
   end
 end
 hs.message = message

@@ -21,11 +21,25 @@ def argocd_cm_data() -> dict[str, str]:
     return {f"resource.customizations.health.inferator.dev_{kind}": lua_source(kind) for kind in KINDS}
 
 
-def health(obj: dict[str, Any]) -> dict[str, str]:
-    """Evaluate the kind's health check on an object, as Argo CD would: {"status": ..., "message": ...}."""
-    import lupa
+# What Argo CD's Lua VM offers a health script: gopher-lua (Lua 5.1) with only the base, table
+# and package libraries opened (argo-cd util/lua: SkipOpenLibs, then OpenBase/OpenTable/
+# OpenPackage). No `string`, `math` or `os`, and no methods on strings.
+_ARGOCD_BASE = (
+    "assert", "error", "ipairs", "next", "pairs", "pcall", "rawequal", "rawget", "rawset", "select",
+    "setmetatable", "getmetatable", "tonumber", "tostring", "type", "unpack", "xpcall", "print", "_VERSION",
+)  # fmt: skip
 
-    lua = lupa.LuaRuntime(unpack_returned_tuples=True)
+
+def health(obj: dict[str, Any]) -> dict[str, str]:
+    """Evaluate the kind's health check on an object as Argo CD would: {"status": ..., "message": ...}.
+
+    Lua 5.1 (gopher-lua's dialect) from lupa, the script's globals limited to what Argo CD
+    opens, and the string metatable emptied: a script that calls string.format, math.floor or
+    ("x"):upper() fails here as it would show Unknown in Argo CD.
+    """
+    import lupa.lua51 as lupa51
+
+    lua = lupa51.LuaRuntime(unpack_returned_tuples=True)
     to_lua = lua.eval(
         """
         function(convert)
@@ -45,6 +59,20 @@ def health(obj: dict[str, Any]) -> dict[str, str]:
         end
         """
     )
-    check = lua.eval(f"function(obj)\n{lua_source(obj['kind'])}\nend")
-    result = check(to_lua(obj))
+    sandboxed = lua.eval(
+        """
+        function(source, names)
+          local env = {table = table, package = package}
+          for name in python.iter(names) do env[name] = _G[name] end
+          env._G = env
+          local chunk = assert(loadstring("return function(obj)\\n" .. source .. "\\nend", "health"))
+          setfenv(chunk, env)
+          return chunk()
+        end
+        """
+    )
+    check = sandboxed(lua_source(obj["kind"]), list(_ARGOCD_BASE))
+    arg = to_lua(obj)
+    lua.execute('getmetatable("").__index = nil')  # strings lose their methods, as without OpenString
+    result = check(arg)
     return {"status": str(result["status"]), "message": str(result["message"] or "")}

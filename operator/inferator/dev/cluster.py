@@ -211,7 +211,10 @@ class LocalCluster:
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--authorization-mode=Node,RBAC", "--allow-privileged=true",
-                "--enable-admission-plugins=ExtendedResourceToleration",
+                # What production clusters run on top of the defaults, so tests meet them:
+                # OwnerReferencesPermissionEnforcement (OpenShift's default) checks blockOwnerDeletion.
+                "--enable-admission-plugins=ExtendedResourceToleration,OwnerReferencesPermissionEnforcement,"
+                "NodeRestriction,ResourceQuota,LimitRanger",
                 "--max-requests-inflight=1000", "--max-mutating-requests-inflight=500",
                 f"--audit-policy-file={self._audit_policy()}", f"--audit-log-path={self.audit_log}",
                 "--audit-log-format=json", "--audit-log-maxsize=200",

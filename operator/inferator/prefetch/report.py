@@ -1,6 +1,6 @@
 """Reporting on the ModelCache: merge patches of its `status` subresource, or stdout when run by hand.
 
-The Job owns exactly these status keys: contentHash, sizeBytes, resolvedRevision, model,
+The Job owns exactly these status keys: contentHash, sizeBytes, resolvedRevision, model, modelError,
 progress. The operator owns the rest (phase, conditions, pvcName, jobName, ...), and a JSON
 merge patch only touches the keys it names, so the two writers never overwrite each other.
 Progress reports are best effort (a failed one is logged and the download goes on); the

@@ -223,6 +223,23 @@ def shm_size_bytes(engine: Engine, tensor_parallel_size: int) -> int:
     return SHM_BYTES_MULTI_GPU if engine != "vllm-cpu" and tensor_parallel_size > 1 else SHM_BYTES_SINGLE
 
 
+# Host memory of a GPU serving process outside /dev/shm: Python, torch and the CUDA runtime's
+# host side, pinned staging buffers and the tokenizer, per GPU worker (vLLM runs one process per
+# TP rank). vLLM on an H100 settles around 2.5-3.5 GiB RSS per worker; 4 GiB leaves room for
+# the API server and the detokenizer.
+HOST_BYTES_PER_GPU_WORKER = 4 * 2**30
+
+
+def gpu_host_memory_request_bytes(engine: Engine, gpu_count: int, tensor_parallel_size: int) -> int:
+    """The memory request of a GPU serving pod: its workers plus the memory-backed /dev/shm.
+
+    Without one the pod is BestEffort (GPUs are not a QoS resource): host memory unreserved, and
+    the first evicted under node pressure. The emptyDir at /dev/shm is counted against the pod's
+    memory, so it is part of the request.
+    """
+    return max(1, gpu_count) * HOST_BYTES_PER_GPU_WORKER + shm_size_bytes(engine, tensor_parallel_size)
+
+
 def trtllm_kv_cache_free_fraction(
     gpu_memory_bytes: int,
     gpu_memory_utilization: float,

@@ -877,7 +877,11 @@ def _build_selection(
         shm_size_bytes=eng.shm_size_bytes(chosen.engine, chosen.tensor_parallel_size),
         gpu_request=profile.gpu_count,
         readiness_path=info.readiness_path,
-        memory_request_bytes=0 if gpu is not None else plan.required_bytes_per_gpu,
+        memory_request_bytes=(
+            eng.gpu_host_memory_request_bytes(chosen.engine, profile.gpu_count, chosen.tensor_parallel_size)
+            if gpu is not None
+            else plan.required_bytes_per_gpu
+        ),
         pools=scan.pools,
         excluded_nodes=scan.excluded,
     )

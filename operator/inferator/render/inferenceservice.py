@@ -153,7 +153,8 @@ def _resources(inputs: ServingInputs) -> dict[str, Any]:
     requests: dict[str, Any] = dict(user.requests or {}) if user else {}
     limits: dict[str, Any] = dict(user.limits or {}) if user else {}
     if inputs.selection.memory_request_bytes and "memory" not in requests:
-        # CPU engines hold weights and KV cache in RAM: ask the scheduler for it.
+        # CPU engines hold weights and KV cache in RAM; GPU engines their workers and /dev/shm:
+        # a request makes the pod Burstable, not BestEffort (evicted first).
         requests["memory"] = binary_quantity(inputs.selection.memory_request_bytes)
     gpus = inputs.selection.gpu_request
     if gpus:
