@@ -71,6 +71,29 @@ def test_job_names_fit_the_job_name_label() -> None:
     assert max(len(names.fetch_job), len(names.size_job)) <= 63
 
 
+def test_long_names_sharing_a_prefix_get_different_children_and_valid_labels() -> None:
+    """Two 63-character caches alike in their first 60: no shared PVC, account, Role or label."""
+    a, b = "llama-3-1-70b-instruct-" + "a" * 37 + "one", "llama-3-1-70b-instruct-" + "a" * 37 + "two"
+    assert len(a) == len(b) == 63
+    first, second = render.names(a, spec()), render.names(b, spec())
+    assert first.pvc != second.pvc
+    assert first.service_account != second.service_account
+    assert first.fetch_job != second.fetch_job and len(first.fetch_job) <= 63
+    long_a, long_b = "m" * 100 + "-a", "m" * 100 + "-b"
+    label_a = render.labels(long_a)[render.CACHE_LABEL]
+    label_b = render.labels(long_b)[render.CACHE_LABEL]
+    assert label_a != label_b and len(label_a) <= 63 and len(label_b) <= 63
+    assert render.labels(a)[render.CACHE_LABEL] == a  # a name that fits is kept as it is
+    for obj in render.render_rbac(long_a, "ns", spec()):
+        assert (
+            obj["metadata"]["name"]
+            != next(o for o in render.render_rbac(long_b, "ns", spec()) if o["kind"] == obj["kind"])[
+                "metadata"
+            ]["name"]
+        )
+        assert all(len(v) <= 63 for v in obj["metadata"]["labels"].values())
+
+
 @pytest.mark.parametrize(
     ("size", "expected_gib"), [(0, 1), (5 * 2**30, 6), (5 * 2**30 + 1, 7), (100 * 2**30, 110)]
 )

@@ -36,6 +36,7 @@ from inferator.controllers.metrics import (
     seconds_since,
 )
 from inferator.controllers.modelcache import validation_message
+from inferator.controllers.redaction import scrub
 from inferator.controllers.settings import SELECTION
 from inferator.controllers.status import now_rfc3339
 from inferator.controllers.warmup import gate_condition, needs_warmup, warm_up
@@ -87,7 +88,7 @@ def _refusal(pods: list[dict[str, Any]]) -> str | None:
             for state in (cs.get("state") or {}, cs.get("lastState") or {}):
                 terminated = state.get("terminated")
                 if terminated and terminated.get("exitCode") and terminated.get("message"):
-                    return f"pod {pod['metadata']['name']}: {terminated['message'].strip()[:1000]}"
+                    return f"pod {pod['metadata']['name']}: {scrub(terminated['message'].strip())}"
     return None
 
 

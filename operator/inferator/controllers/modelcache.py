@@ -27,7 +27,9 @@ from inferator.controllers.metrics import (
     TIME_TO_READY,
     seconds_since,
 )
+from inferator.controllers.redaction import scrub
 from inferator.controllers.status import now_rfc3339, patch_status_if_changed
+from inferator.prefetch.redact import display_url
 from inferator.render import modelcache as render
 from inferator.settings import OperatorSettings
 
@@ -75,7 +77,9 @@ def job_outcome(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> tuple
                         terminated.get("message") or ""
                     ).strip() or f"exit code {terminated.get('exitCode')}"
         why = conditions["Failed"].get("message") or conditions["Failed"].get("reason") or "failed"
-        return "failed", message or why
+        # The prefetch redacts its own termination message; this is the belt to its braces (a
+        # pod killed before it could, a message from another image).
+        return "failed", scrub(message or why)
     return "running", ""
 
 
@@ -109,7 +113,9 @@ def _ensure_job(
 
 def _delete_stale_jobs(name: str, namespace: str, spec: ModelCacheSpec) -> None:
     current = render.content_hash(spec)
-    for job in kube.list_objects("batch/v1", "Job", namespace, f"{render.CACHE_LABEL}={name}"):
+    for job in kube.list_objects(
+        "batch/v1", "Job", namespace, f"{render.CACHE_LABEL}={render.cache_label_value(name)}"
+    ):
         if job["metadata"].get("annotations", {}).get("inferator.dev/content-hash") != current:
             kube.delete("batch/v1", "Job", job["metadata"]["name"], namespace)
 
@@ -156,14 +162,14 @@ def reconcile(
                     "Failed",
                     "False",
                     "SizingFailed",
-                    f"listing {spec.source.uri} failed: {message}",
+                    f"listing {display_url(spec.source.uri)} failed: {message}",
                     job_name=job_name,
                 )
             if state == "succeeded":
                 return Outcome("Failed", "False", "SizingFailed",
                                f"Job {job_name} finished without reporting the source's size", job_name=job_name)  # fmt: skip
             return Outcome("Pending", "False", "Sizing",
-                           f"Job {job_name} is listing {spec.source.uri} to size the volume", job_name=job_name)  # fmt: skip
+                           f"Job {job_name} is listing {display_url(spec.source.uri)} to size the volume", job_name=job_name)  # fmt: skip
         pvc_name = _ensure_pvc(name, namespace, spec, body, size)
 
     revision = status.resolved_revision if known else None
@@ -180,7 +186,7 @@ def reconcile(
             f"; no profile can be selected for it: {status.model_error}" if status.model is None else ""
         )
         return Outcome("Ready", "True", "Prefetched",
-                       f"{spec.source.uri}{revision_note}: {total / 2**30:.2f} GiB verified on PVC {pvc_name}"
+                       f"{display_url(spec.source.uri)}{revision_note}: {total / 2**30:.2f} GiB verified on PVC {pvc_name}"
                        f"{facts_note}", pvc_name, job_name)  # fmt: skip
     return Outcome("Downloading", "False", "Downloading", f"Job {job_name} is downloading into PVC {pvc_name}",
                    pvc_name, job_name)  # fmt: skip

@@ -16,6 +16,24 @@ from inferator.settings import OperatorSettings
 CACHE_LABEL = "inferator.dev/model-cache"
 MOUNT_PATH = "/cache"
 _MAX_PREFIX = 40  # Job names feed the `job-name` label (63 chars) with a suffix
+_MAX_LABEL_VALUE = 63
+
+
+def bounded(name: str, limit: int) -> str:
+    """`name` if it fits in `limit`, else a prefix and a hash of the whole name.
+
+    Cutting alone would give two caches named alike past the limit the same PVC, ServiceAccount,
+    Role and label; the hash keeps names derived from different names different.
+    """
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - len(digest) - 1].rstrip('-.')}-{digest}"
+
+
+def cache_label_value(cache_name: str) -> str:
+    """The value of CACHE_LABEL for a cache (a label value has at most 63 characters)."""
+    return bounded(cache_name, _MAX_LABEL_VALUE)
 
 
 @dataclass(frozen=True)
@@ -30,7 +48,7 @@ def labels(cache_name: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/managed-by": "inferator",
         "app.kubernetes.io/part-of": "inferator",
-        CACHE_LABEL: cache_name,
+        CACHE_LABEL: cache_label_value(cache_name),
     }
 
 
@@ -49,7 +67,7 @@ def content_hash(spec: ModelCacheSpec) -> str:
 
 
 def names(cache_name: str, spec: ModelCacheSpec) -> CacheNames:
-    prefix = cache_name[:_MAX_PREFIX].rstrip("-")
+    prefix = bounded(cache_name, _MAX_PREFIX)
     digest = content_hash(spec)
     return CacheNames(
         pvc=spec.storage.pvc_name or f"{prefix}-weights",
