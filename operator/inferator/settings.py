@@ -23,6 +23,10 @@ class OperatorSettings(BaseModel):
             "vllm-cpu": f"{DEFAULT_REGISTRY}/runtime-vllm-cpu:{__version__}",
         }
     )
+    # Prefetch images a ModelCache may ask for besides `prefetch_image` (fnmatch patterns such
+    # as "registry.corp/inferator:*"). Empty: only the operator's own. The Job runs with the
+    # cache's credentials, so the platform team, not every author of a ModelCache, picks it.
+    prefetch_images_allowed: list[str] = Field(default_factory=list)
     operator_namespace: str = "inferator-system"
     # KEDA's Prometheus trigger reads engine metrics from here.
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
@@ -39,8 +43,17 @@ class OperatorSettings(BaseModel):
             settings.prometheus_url = url
         if image := env.get("INFERATOR_PREFETCH_IMAGE"):
             settings.prefetch_image = image
+        if allowed := env.get("INFERATOR_PREFETCH_IMAGES_ALLOWED"):
+            settings.prefetch_images_allowed = [p.strip() for p in allowed.split(",") if p.strip()]
         for engine in list(settings.engine_images):
             key = "INFERATOR_IMAGE_" + engine.upper().replace("-", "_")
             if image := env.get(key):
                 settings.engine_images[engine] = image
         return settings
+
+    def prefetch_image_allowed(self, image: str) -> bool:
+        from fnmatch import fnmatchcase
+
+        return image == self.prefetch_image or any(
+            fnmatchcase(image, p) for p in self.prefetch_images_allowed
+        )

@@ -125,7 +125,7 @@ def test_s3_source_with_credentials_from_a_secret(
     with moto_s3() as endpoint:
         upload_tree(endpoint, "weights", "models/tiny", model)
         cluster.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3", "namespace": namespace},
-                        "stringData": MOTO_CREDENTIALS},
+                        "stringData": {**MOTO_CREDENTIALS, "DATABASE_PASSWORD": "not-for-the-job"}},
                        cache(namespace, {"uri": "s3://weights/models/tiny", "endpoint": endpoint, "region": "us-east-1",
                                          "credentialsSecret": {"name": "s3"}}, storage={"size": "1Gi"})])  # fmt: skip
         obj = settled(kubectl_json, namespace)
@@ -133,6 +133,14 @@ def test_s3_source_with_credentials_from_a_secret(
     assert_files_match(volume_dir(cluster, kubectl_json, namespace, "m-weights"), model)
     text = json.dumps(obj) + operator.log()
     assert all(secret not in text for secret in MOTO_CREDENTIALS.values())
+    # The Job got the two keys an S3 source reads, as files; not the Secret's other key, not env.
+    mounted = {
+        p.name
+        for p in (cluster.state_dir / "runner" / "pods").glob(f"{namespace}_m-fetch-*/volumes/credentials/*")
+    }
+    assert mounted == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, mounted
+    job = kubectl_json("jobs", "-n", namespace)["items"][0]["spec"]["template"]["spec"]["containers"][0]
+    assert "envFrom" not in job
 
 
 def test_hf_source_pins_the_commit_a_branch_pointed_to(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,11 +36,43 @@ def test_job_runs_non_root_as_the_cache_owner_with_fsgroup() -> None:
     assert pod["volumes"][1] == {"name": "cache", "persistentVolumeClaim": {"claimName": "m-weights"}}
 
 
-def test_credentials_come_by_secret_reference_only() -> None:
-    job = render.render_job("m", "ns", spec(), SETTINGS, mode="fetch", generation=1)
-    container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["envFrom"] == [{"secretRef": {"name": "hf"}}]
-    assert all("valueFrom" in e or "TOKEN" not in e["name"] for e in container["env"])
+@pytest.mark.parametrize(
+    ("uri", "keys"),
+    [("hf://org/model", ["HF_TOKEN"]), ("s3://bucket/m/", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]),
+     ("https://mirror/m/", ["HTTP_BEARER_TOKEN"])],
+)  # fmt: skip
+def test_credentials_are_files_with_only_the_keys_the_source_reads(uri: str, keys: list[str]) -> None:
+    """Naming a Secret hands the Job these keys, never the Secret's others, and never as env."""
+    s = spec(source={"uri": uri, "credentialsSecret": {"name": "creds"}})
+    for mode in ("size", "fetch"):
+        pod = render.render_job("m", "ns", s, SETTINGS, mode=mode, generation=1)["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert "envFrom" not in container
+        assert all("secretKeyRef" not in (e.get("valueFrom") or {}) for e in container["env"])
+        volume = next(v for v in pod["volumes"] if v["name"] == "credentials")
+        assert volume["secret"]["secretName"] == "creds"
+        assert [i["key"] for i in volume["secret"]["items"]] == keys
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "credentials")
+        assert mount["readOnly"] is True
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["INFERATOR_CREDENTIALS_DIR"] == mount["mountPath"]
+
+
+def test_the_job_reads_credentials_from_the_mounted_files(tmp_path: Path) -> None:
+    from inferator.prefetch.config import load_config
+
+    (tmp_path / "HF_TOKEN").write_text("hf_secret_value\n")
+    config = load_config(["--source", "hf://o/m", "--dest", str(tmp_path / "d")],
+                         {"INFERATOR_CREDENTIALS_DIR": str(tmp_path)})  # fmt: skip
+    assert config.credentials == {"HF_TOKEN": "hf_secret_value"}
+
+
+def test_a_prefetch_image_outside_the_allow_list_is_refused() -> None:
+    settings = OperatorSettings.from_env({"INFERATOR_PREFETCH_IMAGES_ALLOWED": "registry.corp/inferator:*"})
+    assert settings.prefetch_image_allowed(settings.prefetch_image)
+    assert settings.prefetch_image_allowed("registry.corp/inferator:1.2")
+    assert not settings.prefetch_image_allowed("docker.io/attacker/exfiltrate:latest")
+    assert not OperatorSettings().prefetch_image_allowed("registry.corp/inferator:1.2")
 
 
 def test_fix_ownership_is_opt_in_and_runs_chown_as_root() -> None:
@@ -54,7 +87,7 @@ def test_fix_ownership_is_opt_in_and_runs_chown_as_root() -> None:
 def test_sizing_job_mounts_no_volume() -> None:
     job = render.render_job("m", "ns", spec(), SETTINGS, mode="size", generation=1)
     assert job["metadata"]["name"].startswith("m-size-")
-    assert [v["name"] for v in job["spec"]["template"]["spec"]["volumes"]] == ["tmp"]
+    assert [v["name"] for v in job["spec"]["template"]["spec"]["volumes"]] == ["tmp", "credentials"]
 
 
 def test_only_content_changes_change_the_job() -> None:

@@ -137,6 +137,16 @@ def reconcile(
     name: str, namespace: str, body: dict[str, Any], spec: ModelCacheSpec, status: ModelCacheStatus
 ) -> Outcome:
     generation = int(body["metadata"].get("generation") or 0)
+    settings = OperatorSettings.from_env()
+    image = spec.prefetch.image
+    if image and not settings.prefetch_image_allowed(image):
+        # The Job runs with the cache's credentials and writes the volume: which image does that
+        # is the platform team's choice (Helm value prefetch.allowedImages), not the CR author's.
+        allowed = ", ".join([settings.prefetch_image, *settings.prefetch_images_allowed])
+        return Outcome("Failed", "False", "ImageNotAllowed",
+                       f"spec.prefetch.image {image!r} is not allowed by the operator's settings "
+                       f"(allowed: {allowed}); remove it to use the default, or ask the platform team "
+                       "to allow it")  # fmt: skip
     current_hash = render.content_hash(spec)
     known = status.content_hash == current_hash
     owner = [kube.owner_reference(body)]

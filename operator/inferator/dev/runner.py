@@ -151,7 +151,15 @@ class PodWorker(threading.Thread):
             return path, True, False
         if vol.secret:
             secret = self.core.read_namespaced_secret(vol.secret.secret_name, self.namespace)
-            self._write_files(path, {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}, 0o640)
+            data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+            if vol.secret.items:  # only the keys asked for, under their paths, as a kubelet does
+                missing = [i.key for i in vol.secret.items if i.key not in data]
+                if missing and not vol.secret.optional:
+                    raise RuntimeError(
+                        f"volume {vol.name}: secret {vol.secret.secret_name} has no key {missing[0]}"
+                    )
+                data = {i.path: data[i.key] for i in vol.secret.items if i.key in data}
+            self._write_files(path, data, 0o640)
             return path, True, False
         if vol.config_map:
             cm = self.core.read_namespaced_config_map(vol.config_map.name, self.namespace)

@@ -94,6 +94,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _credentials(environ: Mapping[str, str]) -> dict[str, str]:
+    """The Job's credentials: files named by key in INFERATOR_CREDENTIALS_DIR (the operator mounts
+    only the keys the source type reads), else the environment, as a user running it by hand has."""
+    found = {k: v for k, v in environ.items() if k in SECRET_ENV_VARS and v}
+    directory = environ.get("INFERATOR_CREDENTIALS_DIR")
+    if directory:
+        for name in SECRET_ENV_VARS:
+            path = Path(directory) / name
+            if path.is_file():
+                value = path.read_text().strip()
+                if value:
+                    found[name] = value
+    return found
+
+
 def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> PrefetchConfig:
     """Flags over environment over defaults. Raises SystemExit(2) (argparse) on a bad command line."""
     parser = _parser()
@@ -161,5 +176,5 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> PrefetchConf
         termination_log=Path(
             pick(args.termination_log, "INFERATOR_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG
         ),
-        credentials={k: v for k, v in environ.items() if k in SECRET_ENV_VARS and v},
+        credentials=_credentials(environ),
     )

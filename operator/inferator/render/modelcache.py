@@ -15,6 +15,21 @@ from inferator.settings import OperatorSettings
 
 CACHE_LABEL = "inferator.dev/model-cache"
 MOUNT_PATH = "/cache"
+CREDENTIALS_DIR = "/var/run/secrets/inferator/credentials"
+# The keys of a credentials Secret each source type reads: only these are mounted (as files),
+# so naming a Secret never hands the Job its other keys.
+CREDENTIAL_KEYS: dict[str, tuple[str, ...]] = {
+    "hf": ("HF_TOKEN",),
+    "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+    "http": ("HTTP_BEARER_TOKEN",),
+    "https": ("HTTP_BEARER_TOKEN",),
+}
+
+
+def credential_keys(uri: str) -> tuple[str, ...]:
+    return CREDENTIAL_KEYS.get(uri.split("://", 1)[0].lower(), ())
+
+
 _MAX_PREFIX = 40  # Job names feed the `job-name` label (63 chars) with a suffix
 _MAX_LABEL_VALUE = 63
 
@@ -122,6 +137,7 @@ def prefetch_env(
         "INFERATOR_MODELCACHE": cache_name,
         "INFERATOR_CONTENT_HASH": content_hash(spec),
         "INFERATOR_MODE": mode,
+        "INFERATOR_CREDENTIALS_DIR": CREDENTIALS_DIR if source.credentials_secret else None,
         "HOME": "/tmp",
     }
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items() if v is not None]
@@ -157,6 +173,9 @@ def render_job(
         ownership=spec.ownership,
         source=spec.source,
         image=prefetch.image or settings.prefetch_image,
+        credential_keys=credential_keys(spec.source.uri),
+        credential_items=[{"key": k, "path": k} for k in credential_keys(spec.source.uri)],
+        credentials_dir=CREDENTIALS_DIR,
         command=["inferator", "prefetch"],
         env=prefetch_env(cache_name, spec, mode, resolved_revision),
         tolerations=[t.to_k8s() for t in prefetch.tolerations or []],
