@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import urllib.request
@@ -44,6 +45,12 @@ def helm(cluster: LocalCluster, *args: str, check: bool = True) -> subprocess.Co
 @pytest.fixture
 def release(cluster: LocalCluster, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """The chart installed into its own namespace; the operator pod really runs on the runner node."""
+    with installed(cluster, tmp_path) as info:
+        yield info
+
+
+@contextlib.contextmanager
+def installed(cluster: LocalCluster, tmp_path: Path, **extra: Any) -> Iterator[dict[str, Any]]:
     name = f"inf-{uuid.uuid4().hex[:6]}"
     namespace = f"{name}-system"
     cluster.create_namespace(namespace)
@@ -54,6 +61,7 @@ def release(cluster: LocalCluster, tmp_path: Path) -> Iterator[dict[str, Any]]:
         "livenessPort": liveness_port,
         "nodeSelector": {RUNNER_LABEL: "true"},
         "tolerations": [{"key": RUNNER_LABEL, "operator": "Exists"}],
+        **extra,
     }
     (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
     helm(
@@ -68,7 +76,13 @@ def release(cluster: LocalCluster, tmp_path: Path) -> Iterator[dict[str, Any]]:
         "-f",
         str(tmp_path / "values.yaml"),
     )
-    yield {"name": name, "namespace": namespace, "metrics_port": metrics_port}
+    try:
+        yield {"name": name, "namespace": namespace, "metrics_port": metrics_port}
+    finally:
+        _uninstall(cluster, name, namespace)
+
+
+def _uninstall(cluster: LocalCluster, name: str, namespace: str) -> None:
     for log in (cluster.state_dir / "runner" / "pods").glob(f"{namespace}_*/operator.log"):
         print(f"---- {log} (tail) ----\n" + "\n".join(log.read_text(errors="replace").splitlines()[-60:]))
     helm(cluster, "uninstall", name, "-n", namespace, "--wait", "--timeout=120s", check=False)
@@ -123,3 +137,26 @@ def test_chart_operator_round_trip_with_only_its_rbac(
         and e.get("annotations", {}).get("authorization.k8s.io/decision") == "forbid"
     ]  # fmt: skip
     assert not forbidden, [(e["verb"], e["objectRef"]) for e in forbidden]
+
+
+def test_a_namespaced_install_serves_its_namespace_and_may_write_nowhere_else(
+    cluster: LocalCluster, namespace: str, kubectl_json: Any, tmp_path: Path
+) -> None:
+    with installed(cluster, tmp_path, watch={"allNamespaces": False, "namespaces": [namespace]}) as rel:
+        account = f"system:serviceaccount:{rel['namespace']}:{rel['name']}-operator"
+
+        def can(verb: str, resource: str, ns: str | None) -> bool:
+            where = ["-n", ns] if ns else []
+            out = cluster.kubectl("auth", "can-i", verb, resource, f"--as={account}", *where, check=False)
+            return out.stdout.strip() == "yes"
+
+        assert can("create", "deployments.apps", namespace) and can("create", "jobs.batch", namespace)
+        assert not can("create", "deployments.apps", "default")
+        assert not can("create", "jobs.batch", "kube-system")
+        assert not can("create", "roles.rbac.authorization.k8s.io", "default")
+        assert can("list", "nodes", None)
+        ready_cache(cluster, namespace, "llama-8b", LLAMA_8B)
+        cluster.apply([service(namespace, "chat", "llama-8b")])
+        svc = wait_for(lambda: (o := kubectl_json("infsvc/chat", "-n", namespace)).get("status", {}).get("phase") == "Ready" and o,
+                       timeout_s=120, what="InferenceService Ready through a namespaced install")  # fmt: skip
+        assert svc["status"]["profile"]

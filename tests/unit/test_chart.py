@@ -68,6 +68,39 @@ def test_operator_runs_restricted_and_with_peering() -> None:
     assert deploy["spec"]["replicas"] == 2
 
 
+def _rules(doc: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (g, r, v)
+        for rule in doc["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+
+
+def test_a_namespaced_install_grants_writes_only_in_the_watched_namespaces() -> None:
+    """With watch.namespaces, no cluster-wide grant can create a Job or a Deployment anywhere."""
+    everywhere = rendered()
+    docs = rendered("watch.allNamespaces=false", "watch.namespaces={a,b}")
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    bindings = [d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
+    cluster_wide = {b["roleRef"]["name"] for b in bindings if b["kind"] == "ClusterRoleBinding"}
+    granted_everywhere = set().union(*(_rules(roles[n]) for n in cluster_wide))
+    assert {r for (_, r, _) in granted_everywhere} == {
+        "nodes",
+        "customresourcedefinitions",
+        "clusterkopfpeerings",
+    }
+    assert all(v in ("get", "list", "watch", "patch") for (_, _, v) in granted_everywhere)
+    per_namespace = [b for b in bindings if b["kind"] == "RoleBinding"]
+    assert sorted(b["metadata"]["namespace"] for b in per_namespace) == ["a", "b"]
+    namespaced = _rules(roles[per_namespace[0]["roleRef"]["name"]])
+    assert ("batch", "jobs", "create") in namespaced and ("apps", "deployments", "create") in namespaced
+    # Together they grant what the cluster-wide install grants: nothing lost, nothing added.
+    all_role = next(d for d in everywhere if d["kind"] == "ClusterRole")
+    assert namespaced | granted_everywhere == _rules(all_role)
+
+
 def test_namespaced_watch() -> None:
     docs = rendered("watch.allNamespaces=false", "watch.namespaces={a,b}")
     deploy = next(d for d in docs if d["kind"] == "Deployment")

@@ -223,10 +223,11 @@ def test_metrics_table_lists_exactly_the_operators_metrics() -> None:
 
 
 def _rbac_rules() -> list[dict[str, Any]]:
-    """The ClusterRole's rules from the chart template (that part is plain YAML)."""
-    text = (ROOT / "charts" / "inferator" / "templates" / "rbac.yaml").read_text()
-    rules_text = text[text.index("rules:") : text.index("\n---")]
-    rules: list[dict[str, Any]] = yaml.safe_load(rules_text)["rules"]
+    """The ClusterRole's rules as `helm template` renders them (watching every namespace)."""
+    from tests.unit.test_chart import rendered
+
+    role = next(d for d in rendered() if d["kind"] == "ClusterRole")
+    rules: list[dict[str, Any]] = role["rules"]
     return rules
 
 
