@@ -65,6 +65,8 @@ VALID = [
     ("pinned", svc({**SVC, "profile": "vllm-h100-fp8-tp2-latency"})),
     ("selector", svc({**SVC, "selector": {"engines": ["vllm", "sglang"], "precisions": ["fp8"], "tensorParallelSizes": [1, 2], "optimizeFor": "throughput"}})),
     ("keda-zero", svc({**SVC, "autoscaling": {"minReplicas": 0, "maxReplicas": 3, "metric": "kvCacheUsage", "target": 0.8}})),
+    ("platform-fields", svc({**SVC, "env": [{"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "k", "key": "key"}}}], "envFrom": [{"secretRef": {"name": "extra"}}], "scheduling": {"imagePullSecrets": [{"name": "registry"}], "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}}, "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}]}})),
+    ("prefetch-platform-fields", cache({**CACHE, "prefetch": {"imagePullSecrets": [{"name": "registry"}], "affinity": {"nodeAffinity": {}}, "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}]}})),
     ("full-serving", svc({**SVC, "serving": {"maxModelLen": 32768, "minConcurrency": 8, "gpuMemoryUtilization": 0.92, "extraArgs": ["--enable-prefix-caching"]}, "scheduling": {"nodeSelector": {"pool": "a"}, "tolerations": [{"key": "k", "operator": "Exists"}]}})),
 ]  # fmt: skip
 

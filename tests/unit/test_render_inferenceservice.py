@@ -180,3 +180,45 @@ def test_a_signal_the_engine_does_not_export_is_refused_with_the_choices() -> No
         render.UnsupportedSignal, match=r"not exported by engine trtllm; use one of \['cpu'\]"
     ):
         children(autoscaling={"maxReplicas": 2, "metric": "queueLength"}, selector={"engines": ["trtllm"]})
+
+
+def test_platform_fields_reach_the_serving_pod() -> None:
+    """imagePullSecrets, env/envFrom from Secrets, pod anti-affinity and topology spread, as given."""
+    anti = {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"inferator.dev/inference-service": "chat"}},
+         "topologyKey": "kubernetes.io/hostname"}]}  # fmt: skip
+    spread = {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+              "labelSelector": {"matchLabels": {"inferator.dev/inference-service": "chat"}}}  # fmt: skip
+    zone = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["zone-a"]}]}]},
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 1, "preference": {"matchExpressions": [{"key": "spot", "operator": "DoesNotExist"}]}}]}  # fmt: skip
+    objs = children(
+        scheduling={"affinity": {"podAntiAffinity": anti, "nodeAffinity": zone},
+                    "topologySpreadConstraints": [spread], "imagePullSecrets": [{"name": "registry"}]},
+        env=[{"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": "engine-key", "key": "key"}}}],
+        envFrom=[{"secretRef": {"name": "engine-extra"}}],
+    )  # fmt: skip
+    pod = objs["Deployment"]["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    assert pod["topologySpreadConstraints"] == [spread]
+    assert pod["affinity"]["podAntiAffinity"] == anti
+    node = pod["affinity"]["nodeAffinity"]
+    (term,) = node["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    keys = [e["key"] for e in term["matchExpressions"]]
+    assert "nvidia.com/gpu.product" in keys and "topology.kubernetes.io/zone" in keys  # ANDed, not ORed
+    assert (
+        node["preferredDuringSchedulingIgnoredDuringExecution"]
+        == zone["preferredDuringSchedulingIgnoredDuringExecution"]
+    )
+    env = {e["name"]: e for e in container(objs)["env"]}
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "engine-key"
+    assert "INFERATOR_PROFILE" in env
+    assert container(objs)["envFrom"] == [{"secretRef": {"name": "engine-extra"}}]
+
+
+def test_env_may_not_replace_what_the_operator_sets() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="INFERATOR_PROFILE"):
+        children(env=[{"name": "INFERATOR_PROFILE", "value": "{}"}])

@@ -152,3 +152,19 @@ def test_failed_job_reports_its_pods_termination_message() -> None:
     assert job_outcome({"status": {"succeeded": 1}}, []) == ("succeeded", "")
     assert job_outcome({"status": {"active": 1}}, []) == ("running", "")
     assert job_outcome(None, []) == ("missing", "")
+
+
+def test_platform_fields_reach_the_prefetch_pod() -> None:
+    placement = {
+        "imagePullSecrets": [{"name": "registry"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "node-role/storage", "operator": "Exists"}]}]}}},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                       "whenUnsatisfiable": "ScheduleAnyway"}],
+    }  # fmt: skip
+    pod = render.render_job("m", "ns", spec(prefetch=placement), SETTINGS, mode="fetch", generation=1)[
+        "spec"
+    ]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    assert pod["affinity"] == placement["affinity"]
+    assert pod["topologySpreadConstraints"] == placement["topologySpreadConstraints"]

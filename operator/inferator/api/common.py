@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 API_GROUP = "inferator.dev"
@@ -24,6 +24,13 @@ class ApiModel(BaseModel):
         """The dict to send to the API: aliases, no unset optional fields."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
+
+# A Kubernetes object passed through as it is (an affinity, a topology spread constraint, an
+# EnvVar): the API server validates it when the operator applies the pod template, and a refusal
+# surfaces as the resource's condition.
+KubeObject = Annotated[
+    dict[str, Any], WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True})
+]
 
 # A Kubernetes resource quantity ("10Gi", "500m", 4). The CRD maps `int | str` to int-or-string.
 Quantity = int | str
@@ -65,3 +72,19 @@ class ResourceRequirements(ApiModel):
 
     requests: dict[str, Quantity] | None = None
     limits: dict[str, Quantity] | None = None
+
+
+class PodPlacement(ApiModel):
+    """Where pods may run beyond what Inferator decides, in the pod spec's own words."""
+
+    affinity: KubeObject | None = Field(
+        default=None,
+        description=(
+            "Pod affinity/anti-affinity as given; nodeAffinity's required terms are ANDed with the "
+            "selected pool's, its preferred terms added."
+        ),
+    )
+    topology_spread_constraints: list[KubeObject] | None = Field(default=None, max_length=16)
+    image_pull_secrets: list[LocalObjectRef] | None = Field(
+        default=None, max_length=16, description="Secrets (same namespace) the kubelet pulls the image with."
+    )

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from inferator.api.common import (
     ApiModel,
     Condition,
+    KubeObject,
     LocalObjectRef,
+    PodPlacement,
     ResourceRequirements,
     Toleration,
 )
@@ -86,7 +88,11 @@ class Networking(ApiModel):
     allow_egress: bool = False
 
 
-class Scheduling(ApiModel):
+# What the operator sets in the serving container and a user's env must not replace.
+RESERVED_ENV = frozenset({"HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"})
+
+
+class Scheduling(PodPlacement):
     node_selector: dict[str, str] | None = None
     tolerations: list[Toleration] | None = Field(default=None, max_length=64)
     priority_class_name: str | None = Field(default=None, max_length=253)
@@ -109,6 +115,27 @@ class InferenceServiceSpec(ApiModel):
     resources: ResourceRequirements | None = Field(default=None, description="CPU/memory for the server.")
     networking: Networking = Field(default_factory=Networking, json_schema_extra={"default": {}})
     image: str | None = Field(default=None, max_length=1024, description="Override the engine's image.")
+    env: list[KubeObject] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra EnvVars for the server (valueFrom.secretKeyRef for secrets); INFERATOR_* is reserved.",
+    )
+    env_from: list[KubeObject] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Extra EnvFromSources for the server (secretRef, configMapRef).",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _no_reserved_env(cls, env: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for var in env:
+            name = str(var.get("name") or "")
+            if not name:
+                raise ValueError("every env entry needs a name")
+            if name.startswith("INFERATOR_") or name in RESERVED_ENV:
+                raise ValueError(f"env {name!r} is set by the operator (the profile and model paths)")
+        return env
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": {

@@ -6,7 +6,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from inferator.api.common import ApiModel, Condition, Quantity, ResourceRequirements, SecretRef, Toleration
+from inferator.api.common import (
+    ApiModel,
+    Condition,
+    PodPlacement,
+    Quantity,
+    ResourceRequirements,
+    SecretRef,
+    Toleration,
+)
 
 SOURCE_URI_PATTERN = r"^(hf://[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|https?://[^\s]+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?)$"
 
@@ -84,7 +92,7 @@ class Ownership(ApiModel):
     )
 
 
-class PrefetchJob(ApiModel):
+class PrefetchJob(PodPlacement):
     """How the prefetch Job runs."""
 
     parallel_downloads: int = Field(default=8, ge=1, le=64)

@@ -148,6 +148,30 @@ def _peers(inputs: ServingInputs) -> list[dict[str, Any]]:
     return peers
 
 
+def merge_affinity(pool: dict[str, Any], user: dict[str, Any] | None) -> dict[str, Any]:
+    """The pod's affinity: the pool's required node terms ANDed with the user's, the rest added.
+
+    Node selector terms are ORed by Kubernetes, so an AND of two lists of terms is every pair
+    of terms with their expressions joined.
+    """
+    user = dict(user or {})
+    user_node = dict(user.pop("nodeAffinity", None) or {})
+    ours = pool["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    theirs = (user_node.pop("requiredDuringSchedulingIgnoredDuringExecution", None) or {}).get(
+        "nodeSelectorTerms"
+    ) or [{}]
+    terms = []
+    for a in ours:
+        for b in theirs:
+            term = {"matchExpressions": [*a.get("matchExpressions", []), *b.get("matchExpressions", [])]}
+            if b.get("matchFields"):
+                term["matchFields"] = b["matchFields"]
+            terms.append(term)
+    node: dict[str, Any] = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}
+    node |= user_node  # preferredDuringSchedulingIgnoredDuringExecution, as given
+    return {"nodeAffinity": node, **user}
+
+
 def _resources(inputs: ServingInputs) -> dict[str, Any]:
     user = inputs.spec.resources
     requests: dict[str, Any] = dict(user.requests or {}) if user else {}
@@ -196,7 +220,15 @@ def render_children(inputs: ServingInputs) -> list[dict[str, Any]]:
             replicas=None if kind else spec.replicas,
             readiness_gate=READINESS_GATE,
             ownership=inputs.ownership,
-            node_affinity=inputs.selection.node_affinity,
+            affinity=merge_affinity(
+                inputs.selection.node_affinity, scheduling.affinity if scheduling else None
+            ),
+            topology_spread=scheduling.topology_spread_constraints if scheduling else None,
+            image_pull_secrets=[r.to_k8s() for r in (scheduling.image_pull_secrets or [])]
+            if scheduling
+            else [],
+            user_env=spec.env,
+            env_from=spec.env_from,
             node_selector=scheduling.node_selector if scheduling and scheduling.node_selector else None,
             tolerations=tolerations,
             scheduling=scheduling,

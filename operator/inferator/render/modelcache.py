@@ -179,5 +179,6 @@ def render_job(
         command=["inferator", "prefetch"],
         env=prefetch_env(cache_name, spec, mode, resolved_revision),
         tolerations=[t.to_k8s() for t in prefetch.tolerations or []],
+        image_pull_secrets=[r.to_k8s() for r in prefetch.image_pull_secrets or []],
         resources=prefetch.resources.to_k8s() if prefetch.resources else None,
     )
