@@ -267,3 +267,53 @@ def test_download_killed_half_way_resumes_without_refetching_finished_files(
         ), gets
         # what was on disk was not fetched again: the two transfers add up to about the file
         assert sum(r.body_bytes for r in gets) < shard.size + 2 * MIB, gets
+
+
+def test_pvc_source_is_verified_in_place_on_its_own_claim_and_served_from_its_sub_path(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess, kubectl_json: Any, tmp_path: Path
+) -> None:
+    """pvc://weights/llama: that claim, that folder; the claim is mounted read-only and left untouched."""
+    from tests.cluster.test_inferenceservice_controller import service
+
+    export = tmp_path / "export"
+    model = make_model(export / "llama")
+    for path in [tmp_path, *export.rglob("*"), export]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    before = sorted(p.relative_to(export).as_posix() for p in export.rglob("*"))
+    pv = f"{namespace}-weights"
+    cluster.apply([
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+         "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                  "hostPath": {"path": str(export)}, "claimRef": {"namespace": namespace, "name": "weights"}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "weights", "namespace": namespace},
+         "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": pv,
+                  "resources": {"requests": {"storage": "1Gi"}}}},
+        cache(namespace, {"uri": "pvc://weights/llama"}),
+    ])  # fmt: skip
+    try:
+        obj = settled(kubectl_json, namespace)
+        assert_ready_with_facts(obj, model)
+        assert obj["status"]["pvcName"] == "weights"  # the claim named in the URI, no pvcName needed
+        assert (
+            sorted(p.relative_to(export).as_posix() for p in export.rglob("*")) == before
+        )  # nothing written
+        job = kubectl_json("jobs", "-n", namespace)["items"][0]["spec"]["template"]["spec"]
+        assert (
+            next(m for m in job["containers"][0]["volumeMounts"] if m["name"] == "cache")["readOnly"] is True
+        )
+        assert not kubectl_json("pvc", "-n", namespace)["items"][1:], "no claim of its own was created"
+        # Served from the folder, checked in place by the runtime (there is no manifest).
+        cluster.apply([service(namespace, "chat", "m")])
+        deploy = wait_for(lambda: kubectl_json("deploy/chat", "-n", namespace, "--ignore-not-found") or None,
+                          timeout_s=60, what="the serving Deployment")  # fmt: skip
+        pod = deploy["spec"]["template"]["spec"]
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "model")
+        assert mount["subPath"] == "llama"
+        assert (
+            next(v for v in pod["volumes"] if v["name"] == "model")["persistentVolumeClaim"]["claimName"]
+            == "weights"
+        )
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["INFERATOR_CACHE_CHECK"] == "in-place"
+    finally:
+        cluster.kubectl("delete", "pv", pv, "--wait=false", check=False)

@@ -34,6 +34,8 @@ CASES = [
     ("svc-cache-failed", obj("InferenceService", 1, 1, "WaitingForCache", ("False", "CacheFailed")), "Degraded"),
     ("svc-deploying", obj("InferenceService", 1, 1, "Deploying", ("False", "WarmupFailed")), "Progressing"),
     ("svc-no-profile", obj("InferenceService", 1, 1, "NoCompatibleProfile", ("False", "NoCompatibleProfile")), "Degraded"),
+    ("svc-unsupported-model", obj("InferenceService", 1, 1, "NoCompatibleProfile", ("False", "UnsupportedModel")), "Degraded"),
+    ("svc-no-keda", obj("InferenceService", 1, 1, "Failed", ("False", "AutoscalerUnavailable")), "Degraded"),
     ("svc-refused", obj("InferenceService", 2, 2, "Degraded", ("False", "RuntimeRefused")), "Degraded"),
     ("svc-invalid", obj("InferenceService", 1, 1, "Failed", ("False", "InvalidSpec")), "Degraded"),
     ("cache-ready", obj("ModelCache", 1, 1, "Ready", ("True", "Prefetched")), "Healthy"),

@@ -69,18 +69,26 @@ def model(tmp_path: Path) -> Model:
 # -- pvc:// -------------------------------------------------------------------------------------
 
 
-def test_pvc_source_is_verified_in_place_and_gets_a_manifest(tmp_path: Path) -> None:
+def test_pvc_source_is_verified_in_place_on_a_read_only_claim_and_nothing_is_written(tmp_path: Path) -> None:
+    """The claim is the user's: verified where it is, reported in status, left exactly as it was."""
     cache = tmp_path / "cache"
     model = make_model(cache / "llama")
-
-    run = run_prefetch("pvc://weights/llama", cache)
+    before = sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*"))
+    for path in [cache, *cache.rglob("*")]:
+        if path.is_dir():
+            path.chmod(0o555)  # as a read-only mount looks to the Job (root included, below)
+    try:
+        run = run_prefetch("pvc://weights/llama", cache)
+    finally:
+        for path in [cache, *cache.rglob("*")]:
+            if path.is_dir():
+                path.chmod(0o755)
 
     assert run.code == 0, run.termination
-    assert run.manifest is not None
-    assert {f["path"]: f["size"] for f in run.manifest["files"]} == {
-        f"llama/{f.path}": f.size for f in model.files
-    }
+    assert run.manifest is None
+    assert sorted(p.relative_to(cache).as_posix() for p in cache.rglob("*")) == before
     assert run.sink.final["sizeBytes"] == model.total_bytes
+    assert run.sink.final["progress"]["filesDone"] == len(model.files)
     assert run.sink.final["model"]["architecture"] == "LlamaForCausalLM"
     assert tree_digest(cache / "llama") == {f.path: f.sha256 for f in model.files}
 

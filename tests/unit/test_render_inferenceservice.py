@@ -222,3 +222,19 @@ def test_env_may_not_replace_what_the_operator_sets() -> None:
 
     with pytest.raises(ValidationError, match="INFERATOR_PROFILE"):
         children(env=[{"name": "INFERATOR_PROFILE", "value": "{}"}])
+
+
+def test_a_pvc_cache_is_served_from_its_sub_path_and_checked_in_place() -> None:
+    parsed = InferenceServiceSpec.model_validate({"modelCacheRef": {"name": "llama"}})
+    facts = facts_from_config(LLAMA_8B, weight_bytes=16_060_522_496, parameter_count=8_030_261_248)
+    selection = select_profile(facts, NODES, parsed, served_model_name="llama")
+    inputs = render.ServingInputs(
+        name="chat", namespace="team-a", spec=parsed, selection=selection, pvc_name="weights",
+        ownership=Ownership(), settings=OperatorSettings(), model_subpath="llama", in_place=True,
+    )  # fmt: skip
+    objs = {obj["kind"]: obj for obj in render.render_children(inputs)}
+    mount = next(m for m in container(objs)["volumeMounts"] if m["name"] == "model")
+    assert mount["subPath"] == "llama" and mount["readOnly"] is True
+    env = {e["name"]: e.get("value") for e in container(objs)["env"]}
+    assert env["INFERATOR_CACHE_CHECK"] == "in-place"
+    assert "subPath" not in next(m for m in container(children())["volumeMounts"] if m["name"] == "model")

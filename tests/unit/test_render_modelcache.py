@@ -168,3 +168,29 @@ def test_platform_fields_reach_the_prefetch_pod() -> None:
     assert pod["imagePullSecrets"] == [{"name": "registry"}]
     assert pod["affinity"] == placement["affinity"]
     assert pod["topologySpreadConstraints"] == placement["topologySpreadConstraints"]
+
+
+def test_a_pvc_source_uses_the_claim_in_its_uri_read_only() -> None:
+    s = ModelCacheSpec.model_validate(
+        {"source": {"uri": "pvc://weights/llama"}, "ownership": {"fixOwnership": True}}
+    )
+    assert render.names("m", s).pvc == "weights"
+    assert (s.in_place, s.model_subpath) == (True, "llama")
+    pod = render.render_job("m", "ns", s, SETTINGS, mode="fetch", generation=1)["spec"]["template"]["spec"]
+    assert next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "cache")["readOnly"] is True
+    claim = next(v for v in pod["volumes"] if v["name"] == "cache")["persistentVolumeClaim"]
+    assert claim == {"claimName": "weights", "readOnly": True}
+    assert "initContainers" not in pod  # no chown on the user's claim
+
+
+def test_a_pvc_source_and_another_pvc_name_are_refused() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="must be that claim"):
+        ModelCacheSpec.model_validate(
+            {"source": {"uri": "pvc://weights/llama"}, "storage": {"pvcName": "other"}}
+        )
+    ok = ModelCacheSpec.model_validate(
+        {"source": {"uri": "pvc://weights"}, "storage": {"pvcName": "weights"}}
+    )
+    assert ok.model_subpath == ""

@@ -597,3 +597,23 @@ def test_engine_not_found_is_refused_with_127(tmp_path: Path) -> None:
         "profile vllm-cpu-cpu-fp32-tp1-latency: cannot start the engine 'no-such-engine-binary'"
     )
     assert "Traceback" not in err
+
+
+def test_a_pvc_cache_is_checked_in_place_without_a_manifest(runtime: Runtime, tmp_path: Path) -> None:
+    """pvc:// claims are never written: no manifest; config.json and safetensors headers decide."""
+    from tests.prefetch_servers import make_model
+
+    model = make_model(tmp_path / "claim" / "llama")
+    runtime.monkeypatch.setenv("INFERATOR_MODEL_DIR", str(model.root))
+    runtime.monkeypatch.setenv("INFERATOR_CACHE_CHECK", "in-place")
+    code, out, err = runtime.run(gpu_profile(), FakeNvml(h100s(2)), "--check-only")
+    assert code == 0, (runtime.reason, err)
+    assert "checked in place" in out + err
+
+    shard = model.weight_files[0].path
+    with open(model.root / shard, "r+b") as handle:
+        handle.truncate(100_000)
+    code, out, err = runtime.run(gpu_profile(), FakeNvml(h100s(2)), "--check-only")
+    assert code == entrypoint.EXIT_CACHE_INCOMPLETE
+    said = runtime.reason or out + err
+    assert shard in said and "safetensors" in said, said

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from inferator.api.common import (
     ApiModel,
@@ -109,6 +109,44 @@ class ModelCacheSpec(ApiModel):
     storage: Storage = Field(default_factory=Storage, json_schema_extra={"default": {}})
     ownership: Ownership = Field(default_factory=Ownership, json_schema_extra={"default": {}})
     prefetch: PrefetchJob = Field(default_factory=PrefetchJob, json_schema_extra={"default": {}})
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": (
+                        "!self.source.uri.startsWith('pvc://') || !has(self.storage.pvcName) || "
+                        "self.source.uri.substring(6).split('/')[0] == self.storage.pvcName"
+                    ),
+                    "message": "a pvc:// source names its claim: spec.storage.pvcName, when set, must be that claim",
+                    "fieldPath": ".storage.pvcName",
+                }
+            ]
+        }
+    }
+
+    @model_validator(mode="after")
+    def _pvc_claim_agrees(self) -> ModelCacheSpec:
+        if self.source.uri.startswith("pvc://") and self.storage.pvc_name:
+            claim = self.source.uri.removeprefix("pvc://").split("/", 1)[0]
+            if claim != self.storage.pvc_name:
+                raise ValueError(
+                    f"a pvc:// source names its claim ({claim!r}): spec.storage.pvcName, when set, must be that claim"
+                )
+        return self
+
+    @property
+    def in_place(self) -> bool:
+        """pvc://: the weights are verified where they are, never copied."""
+        return self.source.uri.startswith("pvc://")
+
+    @property
+    def model_subpath(self) -> str:
+        """The model directory inside the claim ('' for its root); pvc:// only."""
+        if not self.in_place:
+            return ""
+        rest = self.source.uri.removeprefix("pvc://").partition("/")[2]
+        return "/".join(p for p in rest.split("/") if p and p != ".")
 
 
 ModelTask = Literal["generate", "embed", "rerank", "classify"]

@@ -14,6 +14,8 @@ from inferator.api.inferenceservice import Engine, Precision, Target
 
 PROFILE_ENV = "INFERATOR_PROFILE"
 MODEL_DIR_ENV = "INFERATOR_MODEL_DIR"
+# "in-place" for pvc:// caches: no manifest; the runtime checks the files against their headers.
+CACHE_CHECK_ENV = "INFERATOR_CACHE_CHECK"
 TERMINATION_LOG_ENV = "INFERATOR_TERMINATION_LOG"  # default /dev/termination-log
 DEFAULT_MODEL_DIR = "/models"
 

@@ -35,6 +35,8 @@ end
 local degraded = {
   InvalidSpec = true,
   NoCompatibleProfile = true,
+  UnsupportedModel = true,
+  AutoscalerUnavailable = true,
   RuntimeRefused = true,
   CacheNotFound = true,
   CacheFailed = true,

@@ -211,6 +211,7 @@ def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]
         ownership=cache_spec.ownership, settings=OperatorSettings.from_env(),
         keda_installed=crd_installed("keda.sh/v1alpha1", "ScaledObject"),
         servicemonitor_installed=crd_installed("monitoring.coreos.com/v1", "ServiceMonitor"),
+        model_subpath=cache_spec.model_subpath, in_place=cache_spec.in_place,
     )  # fmt: skip
     try:
         desired = render.render_children(inputs)

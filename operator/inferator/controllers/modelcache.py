@@ -155,12 +155,13 @@ def reconcile(
         kube.apply(obj)
     _delete_stale_jobs(name, namespace, spec)
 
-    if spec.storage.pvc_name:
-        if kube.get("v1", "PersistentVolumeClaim", spec.storage.pvc_name, namespace) is None:
+    if spec.storage.pvc_name or spec.in_place:
+        pvc_name = render.names(name, spec).pvc
+        if kube.get("v1", "PersistentVolumeClaim", pvc_name, namespace) is None:
+            field = "spec.source.uri's claim" if spec.in_place else "spec.storage.pvcName"
             return Outcome("Pending", "False", "PVCNotFound",
-                           f"spec.storage.pvcName {spec.storage.pvc_name!r} does not exist in {namespace!r}",
+                           f"{field} {pvc_name!r} does not exist in {namespace!r}",
                            retry_s=15)  # fmt: skip
-        pvc_name = spec.storage.pvc_name
     else:
         size: str | int | None = spec.storage.size
         if size is None and known and status.size_bytes is not None:

@@ -161,16 +161,6 @@ def _report_done(
     )
 
 
-def _verify_in_place(
-    listing: Listing, layout: CacheLayout, progress: ProgressCounter
-) -> dict[str, str | None]:
-    """pvc://: the files are already there; check each safetensors file against its header."""
-    for file in listing.files:
-        check_safetensors(file.path, layout.final_path(file.path))
-        progress.already_done(file.size, whole_file=True)
-    return {}
-
-
 def _download(
     config: PrefetchConfig,
     source: Source,
@@ -206,13 +196,34 @@ def _download(
     return {**plan.complete, **fetched}
 
 
-def run_fetch(config: PrefetchConfig, reporter: Reporter) -> str:
-    layout = CacheLayout(config.dest)
-    layout.prepare()
-    source = open_source(config, RetryPolicy(config.max_attempts, config.retry_backoff_s))
+def run_verify_in_place(config: PrefetchConfig, reporter: Reporter, source: PvcSource) -> str:
+    """pvc://: verify the weights where they are and report; write nothing to the claim.
+
+    The claim is the user's (often read-only, shared by other tools): no manifest, journal or
+    probe file goes there. The status carries the verdict, and the serving runtime checks the
+    files in place again before it starts (INFERATOR_CACHE_CHECK=in-place).
+    """
     listing = source.list_files()
     files_total = len(listing.files)
-    model_dir = source.model_dir if isinstance(source, PvcSource) else layout.root
+    log.info("%s: %d files, %d bytes", source.describe(), files_total, listing.total_bytes)
+    progress = ProgressCounter(listing.total_bytes, files_total)
+    for file in listing.files:
+        check_safetensors(file.path, source.dest / file.path)
+        progress.already_done(file.size, whole_file=True)
+    facts = read_facts(source.model_dir)
+    _report_done(config, reporter, listing, facts, progress.snapshot(final=True))
+    return f"verified in place: {files_total} files, {listing.total_bytes} bytes"
+
+
+def run_fetch(config: PrefetchConfig, reporter: Reporter) -> str:
+    source = open_source(config, RetryPolicy(config.max_attempts, config.retry_backoff_s))
+    if isinstance(source, PvcSource):
+        return run_verify_in_place(config, reporter, source)
+    layout = CacheLayout(config.dest)
+    layout.prepare()
+    listing = source.list_files()
+    files_total = len(listing.files)
+    model_dir = layout.root
     revision = f", revision {listing.revision}" if listing.revision else ""
     log.info("%s: %d files, %d bytes%s", source.describe(), files_total, listing.total_bytes, revision)
 
@@ -234,10 +245,7 @@ def run_fetch(config: PrefetchConfig, reporter: Reporter) -> str:
         layout.remove_manifest()  # from here on the cache changes: not complete until a new manifest
 
     progress = ProgressCounter(listing.total_bytes, files_total)
-    if isinstance(source, PvcSource):
-        sha256s = _verify_in_place(listing, layout, progress)
-    else:
-        sha256s = _download(config, source, listing, layout, progress, reporter, existing)
+    sha256s = _download(config, source, listing, layout, progress, reporter, existing)
 
     facts = read_facts(model_dir)
     write_manifest(layout, build_manifest(config.source, listing, sha256s, facts.facts))

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from inferator.api.inferenceservice import Autoscaling, InferenceServiceSpec, ScalingSignal
 from inferator.api.modelcache import Ownership
-from inferator.api.profile import DEFAULT_MODEL_DIR, MODEL_DIR_ENV, PROFILE_ENV
+from inferator.api.profile import CACHE_CHECK_ENV, DEFAULT_MODEL_DIR, MODEL_DIR_ENV, PROFILE_ENV
 from inferator.profiles.select import Selection
 from inferator.render.templating import render_manifest
 from inferator.settings import OperatorSettings
@@ -106,6 +106,10 @@ class ServingInputs:
     settings: OperatorSettings
     keda_installed: bool = False
     servicemonitor_installed: bool = False
+    # pvc:// caches: the model's directory inside the claim, and the runtime checks files in
+    # place (there is no manifest: the claim is the user's and is never written).
+    model_subpath: str = ""
+    in_place: bool = False
 
 
 def _hpa_metric(engine: str, autoscaling: Autoscaling) -> dict[str, Any]:
@@ -205,6 +209,7 @@ def render_children(inputs: ServingInputs) -> list[dict[str, Any]]:
         "TRANSFORMERS_OFFLINE": "1",
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
+        **({CACHE_CHECK_ENV: "in-place"} if inputs.in_place else {}),
         **inputs.selection.env,
     }
     scheduling = spec.scheduling
@@ -237,6 +242,7 @@ def render_children(inputs: ServingInputs) -> list[dict[str, Any]]:
             resources=_resources(inputs),
             startup_failure_threshold=max(1, spec.serving.startup_timeout_seconds // 10),
             model_dir=DEFAULT_MODEL_DIR,
+            model_subpath=inputs.model_subpath,
             pvc_name=inputs.pvc_name,
             shm_size=binary_quantity(max(inputs.selection.shm_size_bytes, 64 << 20)),
         ),

@@ -164,6 +164,34 @@ def check_cache(model_dir: Path) -> CacheVerdict:
     return CacheVerdict(manifest, tuple(problems))
 
 
+def check_cache_in_place(model_dir: Path) -> tuple[int, int, tuple[str, ...]]:
+    """pvc:// caches have no manifest: (files, bytes, problems) from the directory itself.
+
+    config.json must be there and every safetensors file as long as its header says: the same
+    structural check the prefetch Job ran, cheap enough for every start (headers only).
+    """
+    from inferator.prefetch.errors import VerificationError
+    from inferator.prefetch.verify import check_safetensors
+
+    if not (model_dir / "config.json").is_file():
+        return 0, 0, (f"cache incomplete: {model_dir / 'config.json'} missing (pvc:// model directory)",)
+    problems: list[str] = []
+    files = total = 0
+    for path in sorted(model_dir.rglob("*")):
+        relative = path.relative_to(model_dir)
+        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
+            continue
+        files += 1
+        total += path.stat().st_size
+        try:
+            check_safetensors(relative.as_posix(), path)
+        except VerificationError as exc:
+            problems.append(f"cache incomplete: {exc}")
+    if len(problems) > 1:
+        problems = [f"{problems[0]} (and {len(problems) - 1} more files wrong)"]
+    return files, total, tuple(problems)
+
+
 def engine_environment(profile: ServingProfile, environ: Mapping[str, str]) -> dict[str, str]:
     """The engine's environment: the container's, with offline mode and telemetry off forced on.
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from inferator.api.profile import (
+    CACHE_CHECK_ENV,
     DEFAULT_MODEL_DIR,
     MODEL_DIR_ENV,
     PROFILE_ENV,
@@ -39,7 +40,14 @@ from inferator.api.profile import (
     ServingProfile,
 )
 from inferator.runtime import gpus as gpu_detection
-from inferator.runtime.checks import check_cache, check_gpus, describe_gpu, engine_environment, gib
+from inferator.runtime.checks import (
+    check_cache,
+    check_cache_in_place,
+    check_gpus,
+    describe_gpu,
+    engine_environment,
+    gib,
+)
 
 EXIT_PROFILE_INVALID = 10
 EXIT_NO_NVML = 11
@@ -100,8 +108,13 @@ def assert_gpus(profile: ServingProfile) -> str:
     return f"GPUs seen: [{'; '.join(describe_gpu(g) for g in seen)}]; using {used}{unused}"
 
 
-def assert_cache(model_dir: Path) -> str:
+def assert_cache(model_dir: Path, in_place: bool = False) -> str:
     """Check the cache is complete; return the log fragment, or raise Refusal."""
+    if in_place:
+        files, total, problems = check_cache_in_place(model_dir)
+        if problems:
+            raise Refusal(EXIT_CACHE_INCOMPLETE, "; ".join(problems))
+        return f"cache {model_dir} (pvc://, checked in place): {files} files, {gib(total)}, complete"
     verdict = check_cache(model_dir)
     if verdict.problems or verdict.manifest is None:
         raise Refusal(EXIT_CACHE_INCOMPLETE, "; ".join(verdict.problems))
@@ -143,7 +156,9 @@ def main(argv: list[str]) -> int:
         profile = load_profile(environ)
         what = f"refusing to start profile {profile.name}"
         gpus_line = assert_gpus(profile)
-        cache_line = assert_cache(Path(environ.get(MODEL_DIR_ENV) or DEFAULT_MODEL_DIR))
+        cache_line = assert_cache(
+            Path(environ.get(MODEL_DIR_ENV) or DEFAULT_MODEL_DIR), environ.get(CACHE_CHECK_ENV) == "in-place"
+        )
     except Refusal as refusal:
         print(f"inferator runtime: {what}: {refusal.reason}", file=sys.stderr)
         if not args.check_only:
