@@ -205,3 +205,56 @@ def test_a_settled_operator_writes_nothing(
     time.sleep(60)
     writes = operator_writes(cluster, quiet_from, in_namespace)
     assert writes == [], [(e["verb"], e["objectRef"], e["requestReceivedTimestamp"]) for e in writes]
+
+
+def test_a_late_report_a_retried_job_and_a_new_revision_reach_the_cache_and_its_service(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess, kubectl_json: Any
+) -> None:
+    """The Job completes before its report lands; a Failed cache's Job deleted by hand runs again;
+    a new revision of a Ready cache rolls the service's pods onto it."""
+    import json
+
+    spec = {"source": {"uri": "hf://org/late"}, "storage": {"size": "20Gi"}}
+    cluster.apply([{"apiVersion": GROUP, "kind": "ModelCache", "metadata": {"name": "late", "namespace": namespace},
+                    "spec": spec}])  # fmt: skip
+
+    def ready_reason() -> tuple[str, str, str]:
+        obj = kubectl_json("mcache/late", "-n", namespace)
+        c = condition(obj, "Ready")
+        return obj.get("status", {}).get("phase", ""), c.get("reason", ""), c.get("message", "")
+
+    # KWOK completes the Job's pod at once; no report arrives: not a failure yet, then one.
+    waiting = wait_for(lambda: (r := ready_reason()) and "waiting for its report" in r[2] and r, timeout_s=60,
+                       what="the finished Job's report awaited")  # fmt: skip
+    assert waiting[0] == "Downloading"
+    failed = wait_for(lambda: (r := ready_reason()) and r[0] == "Failed" and r, timeout_s=90,
+                      what="no report after the grace period")  # fmt: skip
+    assert "delete the Job to run it again" in failed[2]
+    job = kubectl_json("mcache/late", "-n", namespace)["status"]["jobName"]
+    uid = kubectl_json(f"job/{job}", "-n", namespace)["metadata"]["uid"]
+    cluster.kubectl("delete", "job", job, "-n", namespace, "--wait=true")
+    wait_for(lambda: (j := kubectl_json(f"job/{job}", "-n", namespace, "--ignore-not-found")) and j["metadata"]["uid"] != uid,
+             timeout_s=60, what="the Job run again")  # fmt: skip
+    # This time the report lands (as the Job would patch it, late or not): Ready.
+    status = {"contentHash": content_hash(ModelCacheSpec.model_validate(spec)), "sizeBytes": LLAMA_8B["weightBytes"],
+              "resolvedRevision": "rev-1", "model": LLAMA_8B}  # fmt: skip
+    cluster.kubectl("patch", "mcache", "late", "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": status}))  # fmt: skip
+    wait_for(lambda: ready_reason()[0] == "Ready", timeout_s=60, what="the cache Ready after its report")
+
+    cluster.apply([service(namespace, "chat", "late")])
+
+    def annotation() -> str | None:
+        deploy = kubectl_json("deploy/chat", "-n", namespace, "--ignore-not-found") or {}
+        meta = deploy.get("spec", {}).get("template", {}).get("metadata", {})
+        return (meta.get("annotations") or {}).get("inferator.dev/cache-revision")
+
+    first = wait_for(annotation, timeout_s=90, what="the serving Deployment")
+    assert first is not None and first.endswith(":rev-1")
+    wait_for(lambda: kubectl_json("infsvc/chat", "-n", namespace).get("status", {}).get("phase") == "Ready",
+             timeout_s=90, what="service Ready (settled)")  # fmt: skip
+    cluster.kubectl("patch", "mcache", "late", "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": {"resolvedRevision": "rev-2"}}))  # fmt: skip
+    second = wait_for(lambda: (a := annotation()) and a.endswith(":rev-2") and a, timeout_s=60,
+                      what="the settled service woken by its cache's new revision")  # fmt: skip
+    assert second != first

@@ -212,6 +212,7 @@ def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]
         keda_installed=crd_installed("keda.sh/v1alpha1", "ScaledObject"),
         servicemonitor_installed=crd_installed("monitoring.coreos.com/v1", "ServiceMonitor"),
         model_subpath=cache_spec.model_subpath, in_place=cache_spec.in_place,
+        cache_revision=f"{cache_status.content_hash or ''}:{cache_status.resolved_revision or ''}",
     )  # fmt: skip
     try:
         desired = render.render_children(inputs)
@@ -380,6 +381,29 @@ def child_changed(
         kube.patch_status(f"{API_GROUP}/{API_VERSION}", KIND, owner_name, namespace or "", changes)
         _observe(owner, owner.get("status") or {}, changes)
         _event_on_transition(cast(kopf.Body, owner), (owner.get("status") or {}).get("phase"), changes)
+
+
+@kopf.on.event(API_GROUP, API_VERSION, "modelcaches")
+def cache_changed(type: str | None, name: str, namespace: str | None, status: kopf.Status, **_: Any) -> None:
+    """A cache settled (Ready again, a new revision, Failed): converge the services on it now.
+
+    Services waiting for a cache poll anyway; a Ready service is settled and would not notice
+    a new revision or a cache that failed under it. Progress patches of a download (phase
+    Downloading) are ignored.
+    """
+    if type is None or type == "DELETED" or status.get("phase") not in ("Ready", "Failed"):
+        return
+    for svc in kube.list_objects(f"{API_GROUP}/{API_VERSION}", KIND, namespace or "", ""):
+        if ((svc.get("spec") or {}).get("modelCacheRef") or {}).get("name") != name:
+            continue
+        if svc["metadata"].get("deletionTimestamp"):
+            continue
+        svc_name = svc["metadata"]["name"]
+        changes = _run(svc_name, namespace or "", svc)
+        if changes:
+            kube.patch_status(f"{API_GROUP}/{API_VERSION}", KIND, svc_name, namespace or "", changes)
+            _observe(svc, svc.get("status") or {}, changes)
+            _event_on_transition(cast(kopf.Body, svc), (svc.get("status") or {}).get("phase"), changes)
 
 
 @kopf.on.event(API_GROUP, API_VERSION, "inferenceservices")

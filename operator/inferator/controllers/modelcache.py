@@ -83,6 +83,10 @@ def job_outcome(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> tuple
     return "running", ""
 
 
+# How long a completed Job's final status report may trail its completion.
+REPORT_GRACE_S = 30.0
+
+
 def _ensure_job(
     name: str,
     namespace: str,
@@ -189,8 +193,16 @@ def reconcile(
         return Outcome("Failed", "False", "PrefetchFailed", message, pvc_name, job_name)
     if state == "succeeded":
         if not (known and (status.model is not None or status.model_error)):
+            # The Job's last status patch and its completion race: a watch may show the Job
+            # Complete first. Wait for the report a while before calling the run a failure.
+            job = kube.get("batch/v1", "Job", job_name, namespace) or {}
+            done_s = seconds_since((job.get("status") or {}).get("completionTime"))
+            if done_s is None or done_s < REPORT_GRACE_S:
+                return Outcome("Downloading", "False", "Downloading",
+                               f"Job {job_name} finished; waiting for its report", pvc_name, job_name)  # fmt: skip
             return Outcome("Failed", "False", "PrefetchFailed",
-                           f"Job {job_name} finished without reporting a verified cache", pvc_name, job_name)  # fmt: skip
+                           f"Job {job_name} finished {done_s:.0f} s ago without reporting a verified cache; "
+                           "delete the Job to run it again", pvc_name, job_name)  # fmt: skip
         total = status.size_bytes or 0
         revision_note = f" at revision {status.resolved_revision}" if status.resolved_revision else ""
         facts_note = (
@@ -226,34 +238,76 @@ def reconcile_modelcache(
     **_: Any,
 ) -> None:
     with RECONCILE_SECONDS.labels(KIND).time(), RECONCILE_ERRORS.labels(KIND).count_exceptions():
-        current = ModelCacheStatus.model_validate(dict(status))
-        generation = meta.get("generation")
-        try:
-            parsed = ModelCacheSpec.model_validate(dict(spec))
-        except ValidationError as exc:
-            outcome = Outcome("Failed", "False", "InvalidSpec", validation_message(exc))
-        else:
-            raw = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": dict(body["metadata"])}
-            outcome = reconcile(name, namespace or "", raw, parsed, current)
-        conditions = set_condition(
-            current.conditions, "Ready", outcome.ready, outcome.reason, outcome.message,
-            now=now_rfc3339(), generation=generation,
-        )  # fmt: skip
-        desired = {
-            "phase": outcome.phase,
-            "observedGeneration": generation,
-            "conditions": [c.to_k8s() for c in conditions],
-            "pvcName": outcome.pvc_name,
-            "jobName": outcome.job_name,
-        }
-        desired = {k: v for k, v in desired.items() if v is not None}
+        outcome, desired, current = evaluate(name, namespace or "", dict(body), dict(spec), dict(status))
         if patch_status_if_changed(patch, dict(status), desired) and current.phase != outcome.phase:
-            kopf.event(body, type="Warning" if outcome.phase == "Failed" else "Normal",
-                       reason=outcome.reason, message=outcome.message[:1024])  # fmt: skip
+            _announce(body, current, outcome, namespace or "")
             logger.info("phase %s -> %s: %s", current.phase, outcome.phase, outcome.reason)
-            if outcome.phase == "Ready":
-                _observe_ready(body, namespace or "", current, outcome)
         RECONCILES.labels(KIND, outcome.phase).inc()
+
+
+def evaluate(
+    name: str, namespace: str, body: dict[str, Any], spec: dict[str, Any], status: dict[str, Any]
+) -> tuple[Outcome, dict[str, Any], ModelCacheStatus]:
+    """The cache's outcome and the status fields the operator owns, from the cluster as it is."""
+    current = ModelCacheStatus.model_validate(status)
+    generation = body["metadata"].get("generation")
+    try:
+        parsed = ModelCacheSpec.model_validate(spec)
+    except ValidationError as exc:
+        outcome = Outcome("Failed", "False", "InvalidSpec", validation_message(exc))
+    else:
+        raw = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": dict(body["metadata"])}
+        outcome = reconcile(name, namespace, raw, parsed, current)
+    conditions = set_condition(
+        current.conditions, "Ready", outcome.ready, outcome.reason, outcome.message,
+        now=now_rfc3339(), generation=generation,
+    )  # fmt: skip
+    desired = {
+        "phase": outcome.phase,
+        "observedGeneration": generation,
+        "conditions": [c.to_k8s() for c in conditions],
+        "pvcName": outcome.pvc_name,
+        "jobName": outcome.job_name,
+    }
+    return outcome, {k: v for k, v in desired.items() if v is not None}, current
+
+
+def _announce(body: Any, current: ModelCacheStatus, outcome: Outcome, namespace: str) -> None:
+    kopf.event(body, type="Warning" if outcome.phase == "Failed" else "Normal",
+               reason=outcome.reason, message=outcome.message[:1024])  # fmt: skip
+    if outcome.phase == "Ready":
+        _observe_ready(body, namespace, current, outcome)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={render.CACHE_LABEL: kopf.PRESENT})
+def job_deleted(type: str | None, body: kopf.Body, namespace: str | None, **_: Any) -> None:
+    """A failed cache's Job deleted by hand is the user asking for another run: run it.
+
+    Caches on their way are polled by the timer; a Failed one is settled and would otherwise
+    wait for a spec change.
+    """
+    if type != "DELETED":
+        return
+    owner = next(
+        (o for o in body["metadata"].get("ownerReferences") or [] if o.get("kind") == "ModelCache"), None
+    )
+    if owner is None:
+        return
+    cache = kube.get(f"{API_GROUP}/{API_VERSION}", "ModelCache", owner["name"], namespace or "")
+    if cache is None or cache["metadata"].get("deletionTimestamp"):
+        return
+    status = cache.get("status") or {}
+    if status.get("phase") != "Failed" or status.get("jobName") != body["metadata"]["name"]:
+        return
+    outcome, desired, current = evaluate(
+        owner["name"], namespace or "", cache, cache.get("spec") or {}, status
+    )
+    changes = {k: v for k, v in desired.items() if status.get(k) != v}
+    if changes:
+        kube.patch_status(f"{API_GROUP}/{API_VERSION}", "ModelCache", owner["name"], namespace or "", changes)
+        if current.phase != outcome.phase:
+            _announce(cache, current, outcome, namespace or "")
+    RECONCILES.labels(KIND, outcome.phase).inc()
 
 
 def _observe_ready(body: kopf.Body, namespace: str, status: ModelCacheStatus, outcome: Outcome) -> None:

@@ -110,6 +110,7 @@ class ServingInputs:
     # place (there is no manifest: the claim is the user's and is never written).
     model_subpath: str = ""
     in_place: bool = False
+    cache_revision: str = ""
 
 
 def _hpa_metric(engine: str, autoscaling: Autoscaling) -> dict[str, Any]:
@@ -243,6 +244,7 @@ def render_children(inputs: ServingInputs) -> list[dict[str, Any]]:
             startup_failure_threshold=max(1, spec.serving.startup_timeout_seconds // 10),
             model_dir=DEFAULT_MODEL_DIR,
             model_subpath=inputs.model_subpath,
+            cache_revision=inputs.cache_revision,
             pvc_name=inputs.pvc_name,
             shm_size=binary_quantity(max(inputs.selection.shm_size_bytes, 64 << 20)),
         ),
