@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
+from inferator.argocd import health
 from inferator.dev import demo
 from inferator.dev.cli import apply_examples
-from inferator.dev.cluster import LocalCluster
+from inferator.dev.cluster import LocalCluster, free_port
 from inferator.dev.tiny_model import vllm_python
 from inferator.render.inferenceservice import READINESS_GATE
 from tests.cluster.conftest import OperatorProcess, wait_for
@@ -115,3 +116,65 @@ def test_the_demo_reports_gpu_examples_and_their_profiles_are_selected(
         assert pinned["status"]["profile"] == "vllm-l4-fp8-tp1-latency"
     finally:
         operator.stop()
+
+
+TINY_FACTS = {"architecture": "LlamaForCausalLM", "modelType": "llama", "numLayers": 2, "hiddenSize": 256,
+              "numAttentionHeads": 4, "numKeyValueHeads": 4, "headDim": 64, "maxPositionEmbeddings": 2048,
+              "vocabSize": 1000, "dtype": "float32", "parameterCount": 1824000, "weightBytes": 7296000}  # fmt: skip
+
+
+def test_a_runtime_refusal_reaches_status_with_its_termination_message(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess, kubectl_json: Any
+) -> None:
+    """A cache reported Ready whose volume holds nothing: the runtime refuses before the engine starts."""
+    from tests.cluster.test_inferenceservice_controller import ready_cache, service
+    from tests.cluster.test_modelcache_e2e import ON_RUNNER
+
+    vllm_python()
+    ready_cache(cluster, namespace, "empty", TINY_FACTS)
+    cluster.apply([service(namespace, "refused", "empty", scheduling=ON_RUNNER, selector={"engines": ["vllm-cpu"]},
+                           serving={"maxModelLen": 1024, "extraArgs": ["--port", str(free_port())]})])  # fmt: skip
+    seen: list[dict[str, Any]] = []
+
+    def refused() -> dict[str, Any] | None:
+        seen.append(kubectl_json("infsvc/refused", "-n", namespace))
+        return seen[-1] if seen[-1].get("status", {}).get("phase") == "Degraded" else None
+
+    try:
+        svc = wait_for(refused, timeout_s=180, what="RuntimeRefused")
+    except AssertionError:
+        pods = kubectl_json("pods", "-n", namespace)["items"]
+        raise AssertionError(f"{seen[-1].get('status')}\n{[p.get('status') for p in pods]}") from None
+    ready = condition(svc, "Ready")
+    assert ready["reason"] == "RuntimeRefused"
+    assert "cache incomplete" in ready["message"] and "manifest.json missing" in ready["message"], ready
+    assert ready["message"].startswith("pod refused-")
+    assert health(svc)["status"] == "Degraded"
+
+
+def test_a_failed_warm_up_keeps_the_gate_closed_and_says_why(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess, kubectl_json: Any, tmp_path: Path
+) -> None:
+    """A server that is healthy but does not serve the expected name: the pod never takes traffic."""
+    vllm_python()
+    models = cluster.state_dir / "models"
+    models.mkdir(exist_ok=True)
+    listing = demo.tiny_model_source(models)
+    try:
+        url = demo.start_mirror(cluster, models)
+        objects = demo.tiny_manifests(namespace, f"{url}/{listing.name}", free_port())
+        # A later --served-model-name wins over the profile's: the server answers as "other".
+        objects[1]["spec"]["serving"]["extraArgs"] += ["--served-model-name", "other"]
+        cluster.apply(objects)
+        svc = wait_for(lambda: (o := kubectl_json(f"infsvc/{SERVED}", "-n", namespace)).get("status", {}).get("conditions") and
+                       condition(o, "Ready").get("reason") == "WarmupFailed" and o,
+                       timeout_s=READY_BUDGET_S, interval_s=2, what="WarmupFailed")  # fmt: skip
+    finally:
+        demo.stop_mirror(cluster)
+    ready = condition(svc, "Ready")
+    assert "/v1/models lists ['other'], not 'tiny-llama'" in ready["message"], ready
+    assert svc["status"]["phase"] == "Deploying" and health(svc)["status"] == "Progressing"
+    pod = kubectl_json("pods", "-n", namespace, "-l", f"inferator.dev/inference-service={SERVED}")["items"][0]
+    gate = next(c for c in pod["status"]["conditions"] if c["type"] == READINESS_GATE)
+    assert gate["status"] == "False" and "other" in gate["message"]
+    assert svc["status"].get("readyReplicas", 0) == 0

@@ -112,6 +112,9 @@ class PodWorker(threading.Thread):
         self.deleting = threading.Event()
         self.procs: dict[str, Proc] = {}
         self.terminated: dict[str, dict[str, Any]] = {}
+        # The previous run of a restarted container, as the kubelet reports it in lastState (an
+        # operator reads a crash-looping container's termination message there).
+        self.last_terminated: dict[str, dict[str, Any]] = {}
         self.last_status: dict[str, Any] = {}
 
     # -- volumes ------------------------------------------------------------------------------
@@ -404,6 +407,7 @@ class PodWorker(threading.Thread):
                 "name": c.name, "image": c.image, "imageID": "", "containerID": f"runner://{proc.popen.pid}" if proc else "",
                 "ready": bool(proc and proc.ready and c.name not in self.terminated), "started": bool(proc and proc.started),
                 "restartCount": proc.restarts if proc else 0, "state": state,
+                "lastState": {"terminated": self.last_terminated[c.name]} if c.name in self.last_terminated else {},
             })  # fmt: skip
         containers_ready = all(s["ready"] for s in statuses)
         gates = [g.condition_type for g in self.pod.spec.readiness_gates or []]
@@ -495,6 +499,7 @@ class PodWorker(threading.Thread):
                     record = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "message": message,
                               "startedAt": proc.started_at, "finishedAt": _now()}  # fmt: skip
                     if restart_policy == "Always" or (restart_policy == "OnFailure" and code != 0):
+                        self.last_terminated[c.name] = record
                         backoff = min(10 * 2**proc.restarts, 60)
                         self._patch_status(self._status("Running", containers) | {})
                         time.sleep(min(backoff, 5))
