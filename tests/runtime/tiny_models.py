@@ -30,12 +30,9 @@ if __package__ in (None, ""):  # run as a script: make `tests.runtime` importabl
 
 from inferator.dev import tiny_model
 from inferator.dev.tiny_model import (
-    CHAT_TEMPLATE,
     HIDDEN_SIZE,
     MAX_POSITIONS,
     NUM_HEADS,
-    SPECIAL_TOKENS,
-    VOCAB_SIZE,
     vllm_python,
     write_manifest,
 )
@@ -84,41 +81,11 @@ def write_tiny_gemma3(directory: Path, python: Path | None = None) -> Path:
     return write_tiny_model("gemma3", directory, python)
 
 
-def _write_tokenizer(directory: Path, bos: str = "<s>", eos: str = "</s>") -> Any:
-    """tiny_model.py's tokenizer (same trainer, corpus and vocabulary); returns it."""
-    import json
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(tiny_model._corpus(), trainer)
-    tokenizer.save(str(directory / "tokenizer.json"))
-    tokenizer_config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "unk_token": "<unk>",
-        "bos_token": bos,
-        "eos_token": eos,
-        "pad_token": "<unk>",
-        "model_max_length": MAX_POSITIONS,
-        "chat_template": CHAT_TEMPLATE,
-    }
-    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
-    return tokenizer
-
-
 def _generate(kind: str, directory: Path) -> None:
     import torch
 
     directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = _write_tokenizer(directory)
+    tokenizer = tiny_model.write_tokenizer(directory, {"pad_token": "<unk>"})
     ids: dict[str, Any] = {
         "vocab_size": tokenizer.get_vocab_size(),  # exactly the tokenizer's: every sampled id decodes
         "bos_token_id": tokenizer.token_to_id("<s>"),

@@ -45,7 +45,7 @@ def install_crds(cluster: LocalCluster) -> None:
 def start_operator(cluster: LocalCluster, extra_args: list[str] | None = None) -> int:
     """Run `inferator run` in the background against the cluster; its pid goes next to the others."""
     pid_file = cluster.state_dir / "pids" / "operator.pid"
-    if (pid := _alive(pid_file)) is not None:
+    if (pid := demo.alive_pid(pid_file)) is not None:
         return pid
     env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
     log = open(cluster.logs / "operator.log", "ab")  # noqa: SIM115 (handed to the child)
@@ -56,23 +56,12 @@ def start_operator(cluster: LocalCluster, extra_args: list[str] | None = None) -
     return proc.pid
 
 
-def _alive(pid_file: Path) -> int | None:
-    if not pid_file.exists():
-        return None
-    pid = int(pid_file.read_text())
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    return pid
-
-
 def stop_operator(cluster: LocalCluster) -> None:
     pid_file = cluster.state_dir / "pids" / "operator.pid"
-    if (pid := _alive(pid_file)) is not None:
+    if (pid := demo.alive_pid(pid_file)) is not None:
         os.kill(pid, signal.SIGTERM)
         for _ in range(100):
-            if _alive(pid_file) is None:
+            if demo.alive_pid(pid_file) is None:
                 break
             time.sleep(0.1)
         else:

@@ -157,7 +157,7 @@ def start_mirror(cluster: LocalCluster, root: Path) -> str:
     """A static HTTP server on loopback for `root`, kept running with the cluster; its base URL."""
     pid_file = cluster.state_dir / "pids" / "mirror.pid"
     port_file = cluster.state_dir / "mirror.port"
-    if _alive(pid_file) is not None and port_file.exists():
+    if alive_pid(pid_file) is not None and port_file.exists():
         return f"http://127.0.0.1:{port_file.read_text().strip()}"
     # The same port as last time when it is free: the ModelCache's source URL (its spec) stays
     # the same across `make down` / `make demo`, so the cache is not fetched again.
@@ -184,12 +184,13 @@ def start_mirror(cluster: LocalCluster, root: Path) -> str:
 
 def stop_mirror(cluster: LocalCluster) -> None:
     pid_file = cluster.state_dir / "pids" / "mirror.pid"
-    if (pid := _alive(pid_file)) is not None:
+    if (pid := alive_pid(pid_file)) is not None:
         os.kill(pid, signal.SIGTERM)
     pid_file.unlink(missing_ok=True)
 
 
-def _alive(pid_file: Path) -> int | None:
+def alive_pid(pid_file: Path) -> int | None:
+    """The pid in `pid_file` if that process still runs."""
     if not pid_file.exists():
         return None
     pid = int(pid_file.read_text())

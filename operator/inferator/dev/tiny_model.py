@@ -24,6 +24,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[3]  # the checkout: operator/inferator/dev/ is three down
 VLLM_VENV = REPO_ROOT / ".venv-vllm"
@@ -128,14 +129,12 @@ def _corpus(words: int = 30_000) -> list[str]:
     return lines
 
 
-def _generate(directory: Path) -> None:
+def write_tokenizer(directory: Path, extra_config: dict[str, Any] | None = None) -> Any:
+    """A byte-level BPE trained on `_corpus()` and its tokenizer_config.json (chat template); returns it."""
     import json
 
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    directory.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -154,8 +153,19 @@ def _generate(directory: Path) -> None:
         "eos_token": "</s>",
         "model_max_length": MAX_POSITIONS,
         "chat_template": CHAT_TEMPLATE,
+        **(extra_config or {}),
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    return tokenizer
+
+
+def _generate(directory: Path) -> None:
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = write_tokenizer(directory)
 
     torch.manual_seed(0)
     config = LlamaConfig(
