@@ -121,3 +121,50 @@ def test_reclaim_delete_removes_the_claim_retain_keeps_it(
     wait_for(lambda: [p["metadata"]["name"] for p in kubectl_json("pvc", "-n", namespace)["items"]
                       if not p["metadata"].get("deletionTimestamp")] == ["kept-weights"],
              what="only the retained claim left")  # fmt: skip
+
+
+def test_a_claim_that_became_too_small_is_reported_then_grown_when_its_class_allows(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess, kubectl_json: Any
+) -> None:
+    import json
+
+    manifest = {"apiVersion": "inferator.dev/v1alpha1", "kind": "ModelCache",
+                "metadata": {"name": "grow", "namespace": namespace},
+                "spec": {"source": {"uri": "hf://org/grow"}, "storage": {"size": "1Gi"}}}  # fmt: skip
+    cluster.apply([manifest])
+    wait_for(lambda: kubectl_json("pvc/grow-weights", "-n", namespace, "--ignore-not-found").get("status", {}).get("phase") == "Bound",
+             timeout_s=60, what="the cache's claim bound")  # fmt: skip
+    manifest["spec"]["storage"]["size"] = "3Gi"
+    cluster.apply([manifest])
+
+    def reason() -> tuple[str, str]:
+        c = ready_condition(kubectl_json("mcache/grow", "-n", namespace))
+        return c.get("reason", ""), c.get("message", "")
+
+    too_small = wait_for(
+        lambda: (r := reason()) and r[0] == "PVCTooSmall" and r, timeout_s=60, what="PVCTooSmall"
+    )
+    assert "grow-weights requests 1Gi but the cache needs 3Gi" in too_small[1]
+    assert "kwok-volume does not allow volume expansion" in too_small[1]
+    assert kubectl_json("mcache/grow", "-n", namespace)["status"]["phase"] == "Pending"
+    try:
+        cluster.kubectl(
+            "patch",
+            "storageclass",
+            "kwok-volume",
+            "--type=merge",
+            "-p",
+            json.dumps({"allowVolumeExpansion": True}),
+        )
+        wait_for(lambda: kubectl_json("pvc/grow-weights", "-n", namespace)["spec"]["resources"]["requests"]["storage"] == "3Gi",
+                 timeout_s=60, what="the claim grown to the new size")  # fmt: skip
+        wait_for(lambda: reason()[0] != "PVCTooSmall", timeout_s=60, what="the cache past PVCTooSmall")
+    finally:
+        cluster.kubectl(
+            "patch",
+            "storageclass",
+            "kwok-volume",
+            "--type=merge",
+            "-p",
+            json.dumps({"allowVolumeExpansion": False}),
+        )

@@ -90,6 +90,7 @@ def test_a_namespaced_install_grants_writes_only_in_the_watched_namespaces() -> 
         "nodes",
         "customresourcedefinitions",
         "clusterkopfpeerings",
+        "storageclasses",
     }
     assert all(v in ("get", "list", "watch", "patch") for (_, _, v) in granted_everywhere)
     per_namespace = [b for b in bindings if b["kind"] == "RoleBinding"]

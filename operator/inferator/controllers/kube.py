@@ -175,6 +175,12 @@ def list_objects(api_version: str, kind: str, namespace: str, label_selector: st
     return items
 
 
+def patch(api_version: str, kind: str, name: str, namespace: str, body: dict[str, Any]) -> None:
+    """Merge-patch an object (only the keys given)."""
+    _request("PATCH", _path(api_version, kind, namespace, name), body=body,
+             content_type="application/merge-patch+json")  # fmt: skip
+
+
 def patch_status(api_version: str, kind: str, name: str, namespace: str, status: dict[str, Any]) -> None:
     """Merge-patch the status subresource (only the keys given)."""
     _request(

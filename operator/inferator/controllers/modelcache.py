@@ -30,7 +30,9 @@ from inferator.controllers.metrics import (
 from inferator.controllers.redaction import scrub
 from inferator.controllers.status import now_rfc3339, patch_status_if_changed
 from inferator.prefetch.redact import display_url
+from inferator.profiles.pools import parse_quantity_bytes
 from inferator.render import modelcache as render
+from inferator.render.inferenceservice import binary_quantity
 from inferator.settings import OperatorSettings
 
 KIND = "ModelCache"
@@ -126,15 +128,39 @@ def _delete_stale_jobs(name: str, namespace: str, spec: ModelCacheSpec) -> None:
 
 def _ensure_pvc(
     name: str, namespace: str, spec: ModelCacheSpec, body: dict[str, Any], size: str | int
-) -> str:
+) -> tuple[str, str | None]:
+    """The cache's own claim, created or grown to `size`; with why it cannot be, if so.
+
+    A claim that is now too small (a larger spec.storage.size, or a source that grew) is
+    expanded when its StorageClass allows it; otherwise the cache waits, saying what to do,
+    rather than a download failing half way with "no space left".
+    """
     pvc_name = render.names(name, spec).pvc
-    if kube.get("v1", "PersistentVolumeClaim", pvc_name, namespace) is None:
+    existing = kube.get("v1", "PersistentVolumeClaim", pvc_name, namespace)
+    if existing is None:
         pvc = render.render_pvc(name, namespace, spec, size)
         if spec.storage.reclaim_policy == "Delete":
             # Owned: garbage collection removes it with the ModelCache. Retain: no owner, it stays.
             pvc["metadata"]["ownerReferences"] = [kube.owner_reference(body)]
         kube.create(pvc)
-    return pvc_name
+        return pvc_name, None
+    requested = ((existing.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage")
+    have, want = parse_quantity_bytes(requested), parse_quantity_bytes(size)
+    if not have or not want or want <= have:
+        return pvc_name, None
+    wanted = binary_quantity(want)
+    class_name = (existing.get("spec") or {}).get("storageClassName")
+    storage_class = kube.get("storage.k8s.io/v1", "StorageClass", class_name, "") if class_name else None
+    if storage_class and storage_class.get("allowVolumeExpansion"):
+        kube.patch("v1", "PersistentVolumeClaim", pvc_name, namespace,
+                   {"spec": {"resources": {"requests": {"storage": wanted}}}})  # fmt: skip
+        return pvc_name, None
+    return pvc_name, (
+        f"PVC {pvc_name} requests {requested} but the cache needs {wanted}, and its StorageClass "
+        f"{class_name or '(none)'} does not allow volume expansion: delete the claim to have it "
+        "recreated at the new size (with reclaimPolicy Retain its volume stays), or use a StorageClass "
+        "with allowVolumeExpansion"
+    )
 
 
 def reconcile(
@@ -185,7 +211,9 @@ def reconcile(
                                f"Job {job_name} finished without reporting the source's size", job_name=job_name)  # fmt: skip
             return Outcome("Pending", "False", "Sizing",
                            f"Job {job_name} is listing {display_url(spec.source.uri)} to size the volume", job_name=job_name)  # fmt: skip
-        pvc_name = _ensure_pvc(name, namespace, spec, body, size)
+        pvc_name, too_small = _ensure_pvc(name, namespace, spec, body, size)
+        if too_small:
+            return Outcome("Pending", "False", "PVCTooSmall", too_small, pvc_name, retry_s=15)
 
     revision = status.resolved_revision if known else None
     state, message, job_name = _ensure_job(name, namespace, spec, body, "fetch", generation, revision)
