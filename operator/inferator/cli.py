@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "inferator.runtime.entrypoint",
         "serving container entrypoint: assert the profile, exec the engine",
     ),
+    "warmup": ("inferator.runtime.warmup", "in a serving container: list the model and generate one token"),
     "dev": ("inferator.dev.cli", "local control plane with simulated GPU nodes: build, up, demo, down"),
 }
 

@@ -178,3 +178,47 @@ def test_a_failed_warm_up_keeps_the_gate_closed_and_says_why(
     gate = next(c for c in pod["status"]["conditions"] if c["type"] == READINESS_GATE)
     assert gate["status"] == "False" and "other" in gate["message"]
     assert svc["status"].get("readyReplicas", 0) == 0
+
+
+def test_a_server_that_requires_an_api_key_warms_itself_up_and_the_key_stays_in_its_secret(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess, kubectl_json: Any
+) -> None:
+    """serving.apiKeySecret: clients need the key; the startup probe warms up with it; the
+    operator, which never reads Secrets, opens the gate once that probe passed."""
+    import urllib.error
+
+    vllm_python()
+    key = "sk-inferator-test-0123456789abcdef"
+    models = cluster.state_dir / "models"
+    models.mkdir(exist_ok=True)
+    listing = demo.tiny_model_source(models)
+    port = free_port()
+    try:
+        url = demo.start_mirror(cluster, models)
+        objects = demo.tiny_manifests(namespace, f"{url}/{listing.name}", port)
+        objects[1]["spec"]["serving"]["apiKeySecret"] = {"name": "engine-key"}
+        cluster.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "engine-key", "namespace": namespace},
+                        "stringData": {"api-key": key}}, *objects])  # fmt: skip
+        svc = wait_for(lambda: (o := kubectl_json(f"infsvc/{SERVED}", "-n", namespace)) and condition(o, "Ready").get("status") == "True" and o,
+                       timeout_s=READY_BUDGET_S, interval_s=2, what="InferenceService Ready with an API key")  # fmt: skip
+    finally:
+        demo.stop_mirror(cluster)
+    pod = kubectl_json("pods", "-n", namespace, "-l", f"inferator.dev/inference-service={SERVED}")["items"][0]
+    gate = next(c for c in pod["status"]["conditions"] if c["type"] == READINESS_GATE)
+    assert gate["status"] == "True" and "warmed up in the pod" in gate["message"], gate
+    request = {"model": SERVED, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2}
+    chat = f"http://127.0.0.1:{port}/v1/chat/completions"
+    try:
+        post(chat, request)
+        raise AssertionError("the server answered without the key")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
+    with urllib.request.urlopen(
+        urllib.request.Request(chat, data=json.dumps(request).encode(),
+                               headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"}),
+        timeout=120,
+    ) as response:  # fmt: skip
+        assert json.loads(response.read())["usage"]["completion_tokens"] >= 1
+    shown = json.dumps([svc, kubectl_json(f"deploy/{SERVED}", "-n", namespace), pod,
+                        kubectl_json("events", "-n", namespace)]) + operator.log()  # fmt: skip
+    assert key not in shown

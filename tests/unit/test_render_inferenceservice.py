@@ -238,3 +238,27 @@ def test_a_pvc_cache_is_served_from_its_sub_path_and_checked_in_place() -> None:
     env = {e["name"]: e.get("value") for e in container(objs)["env"]}
     assert env["INFERATOR_CACHE_CHECK"] == "in-place"
     assert "subPath" not in next(m for m in container(children())["volumeMounts"] if m["name"] == "model")
+
+
+def test_an_api_key_comes_from_its_secret_and_the_pod_warms_itself_up() -> None:
+    objs = children(
+        selector={"engines": ["vllm"]}, serving={"apiKeySecret": {"name": "engine-key", "key": "k"}}
+    )
+    env = {e["name"]: e for e in container(objs)["env"]}
+    ref = {"secretKeyRef": {"name": "engine-key", "key": "k"}}
+    assert env["INFERATOR_API_KEY"]["valueFrom"] == ref and env["VLLM_API_KEY"]["valueFrom"] == ref
+    assert container(objs)["startupProbe"]["exec"]["command"] == ["inferator", "warmup"]
+    template = objs["Deployment"]["spec"]["template"]
+    assert template["metadata"]["annotations"]["inferator.dev/warmup"] == "in-pod"
+    plain = children()
+    assert "httpGet" in container(plain)["startupProbe"]
+    assert "inferator.dev/warmup" not in plain["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_an_api_key_in_extra_args_or_for_an_engine_without_one_is_refused() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"serving\.apiKeySecret"):
+        children(serving={"extraArgs": ["--api-key=sk-plain-text"]})
+    with pytest.raises(render.UnsupportedSignal, match="trtllm has no API key option"):
+        children(selector={"engines": ["trtllm"]}, serving={"apiKeySecret": {"name": "k"}})

@@ -617,3 +617,15 @@ def test_a_pvc_cache_is_checked_in_place_without_a_manifest(runtime: Runtime, tm
     assert code == entrypoint.EXIT_CACHE_INCOMPLETE
     said = runtime.reason or out + err
     assert shard in said and "safetensors" in said, said
+
+
+def test_sglang_gets_its_api_key_at_exec_and_never_in_the_log(runtime: Runtime) -> None:
+    profile = gpu_profile().model_copy(
+        update={"engine": "sglang", "command": ["python3", "-m", "sglang.launch_server"]}
+    )
+    runtime.monkeypatch.setenv("INFERATOR_API_KEY", "sk-test-key-0123456789")
+    code, out, err = runtime.run(profile, FakeNvml(h100s(2)))
+    assert code == 0
+    _file, argv, _env = runtime.execs[-1]
+    assert argv[-2:] == ["--api-key", "sk-test-key-0123456789"]
+    assert "sk-test-key-0123456789" not in out + err

@@ -47,6 +47,13 @@ class ProfileSelector(ApiModel):
     )
 
 
+class SecretKeySelector(ApiModel):
+    """One key of a Secret in the resource's namespace; only the names are ever stored."""
+
+    name: str = Field(min_length=1, max_length=253)
+    key: str = Field(default="api-key", min_length=1, max_length=253)
+
+
 class Serving(ApiModel):
     """Limits that size the KV cache and the engine."""
 
@@ -63,6 +70,24 @@ class Serving(ApiModel):
         description="Name clients send as `model`; defaults to the cache's model.",
     )
     extra_args: list[str] = Field(default_factory=list, max_length=64)
+    api_key_secret: SecretKeySelector | None = Field(
+        default=None,
+        description=(
+            "Require this API key from clients (vLLM, SGLang). The key stays in the Secret: the "
+            "container reads it through a secretKeyRef and warms itself up with it."
+        ),
+    )
+
+    @field_validator("extra_args")
+    @classmethod
+    def _no_key_in_args(cls, args: list[str]) -> list[str]:
+        if any(a == "--api-key" or a.startswith("--api-key=") for a in args):
+            raise ValueError(
+                "--api-key in extraArgs would store the key in plain text (and the warm-up could not "
+                "use it): put it in a Secret and set serving.apiKeySecret"
+            )
+        return args
+
     startup_timeout_seconds: int = Field(
         default=1200, ge=60, le=14400, description="Startup probe budget (NIM's is about 20 minutes)."
     )

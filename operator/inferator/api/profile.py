@@ -16,6 +16,8 @@ PROFILE_ENV = "INFERATOR_PROFILE"
 MODEL_DIR_ENV = "INFERATOR_MODEL_DIR"
 # "in-place" for pvc:// caches: no manifest; the runtime checks the files against their headers.
 CACHE_CHECK_ENV = "INFERATOR_CACHE_CHECK"
+# The engine's API key, from spec.serving.apiKeySecret (a secretKeyRef: never in the spec itself).
+API_KEY_ENV = "INFERATOR_API_KEY"
 TERMINATION_LOG_ENV = "INFERATOR_TERMINATION_LOG"  # default /dev/termination-log
 DEFAULT_MODEL_DIR = "/models"
 

@@ -101,7 +101,20 @@ def _gate_pods(pods: list[dict[str, Any]], profile: ServingProfile) -> str | Non
         ip = (pod.get("status") or {}).get("podIP")
         if not ip:
             continue
-        passed, message = warm_up(ip, profile.port, profile.served_model_name)
+        annotations = pod["metadata"].get("annotations") or {}
+        if annotations.get(render.WARMUP_ANNOTATION) == "in-pod":
+            # The startup probe ran `inferator warmup` with the API key; started means it passed.
+            started = all(
+                cs.get("started") for cs in (pod.get("status") or {}).get("containerStatuses") or [{}]
+            )
+            if not started:
+                continue
+            passed, message = (
+                True,
+                "warmed up in the pod with its API key (startup probe: model listed, one token)",
+            )
+        else:
+            passed, message = warm_up(ip, profile.port, profile.served_model_name)
         status = "True" if passed else "False"
         current = gate_condition(pod)
         if current is None or (current.get("status"), current.get("message")) != (status, message):

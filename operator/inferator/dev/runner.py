@@ -17,7 +17,8 @@ command as a local process:
 
 Probes (http, tcp), readiness gates, restart policies, termination messages and graceful
 deletion follow the kubelet's rules closely enough for an operator to be tested against them.
-Out of scope: networking between pods (all share loopback), resource limits, exec probes.
+Exec probes run the command with the container's mounts, user and environment.
+Out of scope: networking between pods (all share loopback), resource limits.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class Proc:
     started: bool = False
     probe_failures: dict[str, int] = field(default_factory=dict)
     last_probe: dict[str, float] = field(default_factory=dict)
+    spec_path: Path | None = None  # the container's launch spec: exec probes run with its mounts and env
 
 
 class PodWorker(threading.Thread):
@@ -317,7 +319,7 @@ class PodWorker(threading.Thread):
             popen.pid,
             argv,
         )
-        return Proc(container.name, popen, _now(), term, restarts=restarts)
+        return Proc(container.name, popen, _now(), term, restarts=restarts, spec_path=spec_path)
 
     def _stop(self, proc: Proc, grace_s: float) -> None:
         if proc.popen.poll() is not None:
@@ -332,7 +334,27 @@ class PodWorker(threading.Thread):
             pass
 
     # -- probes -------------------------------------------------------------------------------
-    def _probe(self, probe: Any, container: Any) -> bool:
+    def _exec_probe(self, command: list[str], proc: Proc, timeout_s: float) -> bool:
+        """`command` as the container would run it: its mounts, user and environment (a kubelet
+        runs it in the container's namespaces; here a sibling process gets the same view)."""
+        if proc.spec_path is None:
+            return False
+        spec = json.loads(proc.spec_path.read_text())
+        spec["argv"] = list(command)
+        probe_spec = proc.spec_path.with_name(f"{proc.spec_path.stem}-probe.json")
+        probe_spec.write_text(json.dumps(spec))
+        probe_spec.chmod(0o600)
+        try:
+            done = subprocess.run(
+                ["unshare", "-m", "--propagation", "private", sys.executable, "-m", "inferator.dev.container",
+                 str(probe_spec)],
+                capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return False
+        return done.returncode == 0
+
+    def _probe(self, probe: Any, container: Any, proc: Proc | None = None) -> bool:
         def port_of(port: Any) -> int:
             if isinstance(port, int) or str(port).isdigit():
                 return int(port)
@@ -343,6 +365,8 @@ class PodWorker(threading.Thread):
                 url = f"http://{POD_IP}:{port_of(probe.http_get.port)}{probe.http_get.path or '/'}"
                 with urllib.request.urlopen(url, timeout=probe.timeout_seconds or 1) as r:
                     return bool(200 <= r.status < 400)
+            if probe._exec is not None and probe._exec.command and proc is not None:
+                return self._exec_probe(probe._exec.command, proc, probe.timeout_seconds or 1)
             if probe.tcp_socket:
                 with socket.create_connection(
                     (POD_IP, port_of(probe.tcp_socket.port)), timeout=probe.timeout_seconds or 1
@@ -368,7 +392,7 @@ class PodWorker(threading.Thread):
             return None
         proc.last_probe[kind] = now
         passing_key = f"{kind}-passing"
-        if self._probe(probe, container):
+        if self._probe(probe, container, proc):
             proc.probe_failures[kind] = 0
             proc.last_probe[passing_key] = 1
             return True

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from inferator.api.inferenceservice import Autoscaling, InferenceServiceSpec, ScalingSignal
 from inferator.api.modelcache import Ownership
-from inferator.api.profile import CACHE_CHECK_ENV, DEFAULT_MODEL_DIR, MODEL_DIR_ENV, PROFILE_ENV
+from inferator.api.profile import API_KEY_ENV, CACHE_CHECK_ENV, DEFAULT_MODEL_DIR, MODEL_DIR_ENV, PROFILE_ENV
 from inferator.profiles.select import Selection
 from inferator.render.templating import render_manifest
 from inferator.settings import OperatorSettings
@@ -36,7 +36,28 @@ ENGINE_SIGNALS["vllm-cpu"] = ENGINE_SIGNALS["vllm"]
 
 
 class UnsupportedSignal(ValueError):
-    """The engine exports no metric for the requested autoscaling signal."""
+    """The engine exports no metric for the requested autoscaling signal (or no API-key option)."""
+
+
+# The engine's own variable for the API key, where it reads one; SGLang takes only --api-key,
+# which the runtime adds from INFERATOR_API_KEY at exec. trtllm-serve has no API key option.
+API_KEY_ENGINE_ENV = {"vllm": "VLLM_API_KEY", "vllm-cpu": "VLLM_API_KEY", "sglang": None}
+WARMUP_ANNOTATION = "inferator.dev/warmup"
+
+
+def _api_key_env(inputs: ServingInputs) -> list[dict[str, Any]]:
+    ref = inputs.spec.serving.api_key_secret
+    profile = inputs.selection.profile
+    if ref is None or profile is None:
+        return []
+    if profile.engine not in API_KEY_ENGINE_ENV:
+        raise UnsupportedSignal(
+            f"serving.apiKeySecret: engine {profile.engine} has no API key option; use vllm or sglang "
+            "(selector.engines), or put an authenticating gateway in front"
+        )
+    source = {"valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+    names = [API_KEY_ENV, *filter(None, [API_KEY_ENGINE_ENV[profile.engine]])]
+    return [{"name": n, **source} for n in names]
 
 
 class AutoscalerUnavailable(ValueError):
@@ -233,7 +254,8 @@ def render_children(inputs: ServingInputs) -> list[dict[str, Any]]:
             image_pull_secrets=[r.to_k8s() for r in (scheduling.image_pull_secrets or [])]
             if scheduling
             else [],
-            user_env=spec.env,
+            user_env=[*_api_key_env(inputs), *spec.env],
+            warmup_in_pod=spec.serving.api_key_secret is not None,
             env_from=spec.env_from,
             node_selector=scheduling.node_selector if scheduling and scheduling.node_selector else None,
             tolerations=tolerations,

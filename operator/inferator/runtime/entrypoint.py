@@ -32,6 +32,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from inferator.api.profile import (
+    API_KEY_ENV,
     CACHE_CHECK_ENV,
     DEFAULT_MODEL_DIR,
     MODEL_DIR_ENV,
@@ -173,6 +174,9 @@ def main(argv: list[str]) -> int:
     )
     if args.check_only:
         return 0
+    if profile.engine == "sglang" and environ.get(API_KEY_ENV):
+        # SGLang reads the key only from its argv; added after the line above, so never printed.
+        command = [*command, "--api-key", environ[API_KEY_ENV]]
     sys.stderr.flush()
     try:
         # The profile's argv, unchanged and without a shell: the point is to become the engine.
