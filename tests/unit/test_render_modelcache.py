@@ -194,3 +194,14 @@ def test_a_pvc_source_and_another_pvc_name_are_refused() -> None:
         {"source": {"uri": "pvc://weights"}, "storage": {"pvcName": "weights"}}
     )
     assert ok.model_subpath == ""
+
+
+def test_the_job_is_burstable_by_default_and_takes_the_users_resources() -> None:
+    container = render.render_job("m", "ns", spec(), SETTINGS, mode="fetch", generation=1)["spec"][
+        "template"
+    ]["spec"]["containers"][0]
+    assert container["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"}}
+    own = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
+    container = render.render_job("m", "ns", spec(prefetch={"resources": own}), SETTINGS, mode="fetch",
+                                  generation=1)["spec"]["template"]["spec"]["containers"][0]  # fmt: skip
+    assert container["resources"] == own

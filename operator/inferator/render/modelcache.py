@@ -26,6 +26,11 @@ CREDENTIAL_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Requests only, so the Job is Burstable (not BestEffort, evicted first) without a limit that
+# could kill a download: it streams to disk, a few MiB of buffers per parallel stream.
+DEFAULT_PREFETCH_RESOURCES: dict[str, Any] = {"requests": {"cpu": "250m", "memory": "512Mi"}}
+
+
 def credential_keys(uri: str) -> tuple[str, ...]:
     return CREDENTIAL_KEYS.get(uri.split("://", 1)[0].lower(), ())
 
@@ -186,5 +191,5 @@ def render_job(
         env=prefetch_env(cache_name, spec, mode, resolved_revision),
         tolerations=[t.to_k8s() for t in prefetch.tolerations or []],
         image_pull_secrets=[r.to_k8s() for r in prefetch.image_pull_secrets or []],
-        resources=prefetch.resources.to_k8s() if prefetch.resources else None,
+        resources=prefetch.resources.to_k8s() if prefetch.resources else DEFAULT_PREFETCH_RESOURCES,
     )
