@@ -14,7 +14,8 @@ import pytest
 
 from inferator.api.cache_manifest import MANIFEST_PATH
 from inferator.dev.cluster import LocalCluster
-from inferator.dev.runner import RUNNER_LABEL, TEST_VOLUME_ANNOTATION
+from inferator.dev.demo import ON_RUNNER
+from inferator.dev.runner import TEST_VOLUME_ANNOTATION
 from tests.cluster.conftest import OperatorProcess, served_root, wait_for
 from tests.prefetch_servers import (
     MIB,
@@ -30,10 +31,6 @@ from tests.prefetch_servers import (
 )
 
 pytestmark = pytest.mark.cluster
-ON_RUNNER = {
-    "nodeSelector": {RUNNER_LABEL: "true"},
-    "tolerations": [{"key": RUNNER_LABEL, "operator": "Exists"}],
-}
 
 
 @pytest.fixture(scope="module")

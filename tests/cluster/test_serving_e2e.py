@@ -54,7 +54,7 @@ def test_the_demo_path_serves_from_the_cache_and_the_gate_opens_after_a_real_com
     lines: list[str] = []
     started = time.monotonic()
     try:
-        svc, answer = demo.serve_tiny_model(cluster, namespace, demo.Progress(lines.append), tmp_path)
+        svc, answer = demo.serve_tiny_model(cluster, namespace, demo.StepLog(lines.append), tmp_path)
     finally:
         demo.stop_mirror(cluster)
     ready_s = time.monotonic() - started

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -104,6 +105,13 @@ class PrefetchJob(PodPlacement):
     image: str | None = Field(default=None, max_length=1024, description="Override the prefetch image.")
 
 
+def parse_pvc_uri(uri: str) -> tuple[str, str]:
+    """'pvc://claim/some/dir' -> ('claim', 'some/dir'); '' for the volume root."""
+    rest = uri.removeprefix("pvc://")
+    claim, _, sub = rest.partition("/")
+    return claim, posixpath.normpath(sub).strip("/") if sub.strip("/") else ""
+
+
 class ModelCacheSpec(ApiModel):
     source: ModelSource
     storage: Storage = Field(default_factory=Storage, json_schema_extra={"default": {}})
@@ -127,12 +135,11 @@ class ModelCacheSpec(ApiModel):
 
     @model_validator(mode="after")
     def _pvc_claim_agrees(self) -> ModelCacheSpec:
-        if self.source.uri.startswith("pvc://") and self.storage.pvc_name:
-            claim = self.source.uri.removeprefix("pvc://").split("/", 1)[0]
-            if claim != self.storage.pvc_name:
-                raise ValueError(
-                    f"a pvc:// source names its claim ({claim!r}): spec.storage.pvcName, when set, must be that claim"
-                )
+        claim = self.source_claim
+        if claim is not None and self.storage.pvc_name and claim != self.storage.pvc_name:
+            raise ValueError(
+                f"a pvc:// source names its claim ({claim!r}): spec.storage.pvcName, when set, must be that claim"
+            )
         return self
 
     @property
@@ -141,12 +148,14 @@ class ModelCacheSpec(ApiModel):
         return self.source.uri.startswith("pvc://")
 
     @property
+    def source_claim(self) -> str | None:
+        """pvc://claim/...: the claim the weights are verified and served on; None otherwise."""
+        return parse_pvc_uri(self.source.uri)[0] if self.in_place else None
+
+    @property
     def model_subpath(self) -> str:
         """The model directory inside the claim ('' for its root); pvc:// only."""
-        if not self.in_place:
-            return ""
-        rest = self.source.uri.removeprefix("pvc://").partition("/")[2]
-        return "/".join(p for p in rest.split("/") if p and p != ".")
+        return parse_pvc_uri(self.source.uri)[1] if self.in_place else ""
 
 
 ModelTask = Literal["generate", "embed", "rerank", "classify"]

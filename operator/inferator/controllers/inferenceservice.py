@@ -38,7 +38,7 @@ from inferator.controllers.metrics import (
 from inferator.controllers.modelcache import validation_message
 from inferator.controllers.redaction import scrub
 from inferator.controllers.settings import SELECTION
-from inferator.controllers.status import now_rfc3339
+from inferator.controllers.status import changed_fields, now_rfc3339
 from inferator.controllers.warmup import gate_condition, needs_warmup, warm_up
 from inferator.profiles.select import Selection, select_profile
 from inferator.render import inferenceservice as render
@@ -307,15 +307,11 @@ def _finish(
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _diff(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in desired.items() if current.get(k) != v}
-
-
 def _run(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
     with RECONCILE_SECONDS.labels(KIND).time(), RECONCILE_ERRORS.labels(KIND).count_exceptions():
         desired = reconcile(name, namespace, body)
     RECONCILES.labels(KIND, desired.get("phase", "")).inc()
-    return _diff(body.get("status") or {}, desired)
+    return changed_fields(body.get("status") or {}, desired)
 
 
 def _observe(body: dict[str, Any], old_status: dict[str, Any], changes: dict[str, Any]) -> None:
@@ -370,6 +366,16 @@ def reconcile_inferenceservice(
     _event_on_transition(body, raw["status"].get("phase"), changes)
 
 
+def _converge(svc: dict[str, Any], namespace: str) -> None:
+    """Reconcile a service from an event handler (no kopf patch there): patch what changed."""
+    name = svc["metadata"]["name"]
+    changes = _run(name, namespace, svc)
+    if changes:
+        kube.patch_status(f"{API_GROUP}/{API_VERSION}", KIND, name, namespace, changes)
+        _observe(svc, svc.get("status") or {}, changes)
+        _event_on_transition(cast(kopf.Body, svc), (svc.get("status") or {}).get("phase"), changes)
+
+
 @kopf.on.event("apps", "v1", "deployments", labels={render.SERVICE_LABEL: kopf.PRESENT})
 @kopf.on.event("", "v1", "services", labels={render.SERVICE_LABEL: kopf.PRESENT})
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels={render.SERVICE_LABEL: kopf.PRESENT})
@@ -389,11 +395,7 @@ def child_changed(
         return
     if not foreign and not children.deployment_differs(child, owner.get("status") or {}):
         return
-    changes = _run(owner_name, namespace or "", owner)
-    if changes:
-        kube.patch_status(f"{API_GROUP}/{API_VERSION}", KIND, owner_name, namespace or "", changes)
-        _observe(owner, owner.get("status") or {}, changes)
-        _event_on_transition(cast(kopf.Body, owner), (owner.get("status") or {}).get("phase"), changes)
+    _converge(owner, namespace or "")
 
 
 @kopf.on.event(API_GROUP, API_VERSION, "modelcaches")
@@ -409,14 +411,8 @@ def cache_changed(type: str | None, name: str, namespace: str | None, status: ko
     for svc in kube.list_objects(f"{API_GROUP}/{API_VERSION}", KIND, namespace or "", ""):
         if ((svc.get("spec") or {}).get("modelCacheRef") or {}).get("name") != name:
             continue
-        if svc["metadata"].get("deletionTimestamp"):
-            continue
-        svc_name = svc["metadata"]["name"]
-        changes = _run(svc_name, namespace or "", svc)
-        if changes:
-            kube.patch_status(f"{API_GROUP}/{API_VERSION}", KIND, svc_name, namespace or "", changes)
-            _observe(svc, svc.get("status") or {}, changes)
-            _event_on_transition(cast(kopf.Body, svc), (svc.get("status") or {}).get("phase"), changes)
+        if not svc["metadata"].get("deletionTimestamp"):
+            _converge(svc, namespace or "")
 
 
 @kopf.on.event(API_GROUP, API_VERSION, "inferenceservices")

@@ -28,7 +28,7 @@ from inferator.controllers.metrics import (
     seconds_since,
 )
 from inferator.controllers.redaction import scrub
-from inferator.controllers.status import now_rfc3339, patch_status_if_changed
+from inferator.controllers.status import changed_fields, now_rfc3339, patch_status_if_changed
 from inferator.prefetch.redact import display_url
 from inferator.profiles.pools import parse_quantity_bytes
 from inferator.render import modelcache as render
@@ -330,7 +330,7 @@ def job_deleted(type: str | None, body: kopf.Body, namespace: str | None, **_: A
     outcome, desired, current = evaluate(
         owner["name"], namespace or "", cache, cache.get("spec") or {}, status
     )
-    changes = {k: v for k, v in desired.items() if status.get(k) != v}
+    changes = changed_fields(status, desired)
     if changes:
         kube.patch_status(f"{API_GROUP}/{API_VERSION}", "ModelCache", owner["name"], namespace or "", changes)
         if current.phase != outcome.phase:

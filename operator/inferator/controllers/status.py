@@ -12,14 +12,17 @@ def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def changed_fields(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """The top-level status fields of `desired` whose value differs from `current`."""
+    return {k: v for k, v in desired.items() if current.get(k) != v}
+
+
 def patch_status_if_changed(patch: kopf.Patch, current: dict[str, Any], desired: dict[str, Any]) -> bool:
     """Put into `patch.status` only the top-level status fields whose value differs.
 
     kopf sends nothing when the patch is empty, so an unchanged object costs no API write.
     """
-    changed = False
-    for key, value in desired.items():
-        if current.get(key) != value:
-            patch.status[key] = value
-            changed = True
-    return changed
+    changed = changed_fields(current, desired)
+    for key, value in changed.items():
+        patch.status[key] = value
+    return bool(changed)

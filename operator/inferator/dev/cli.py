@@ -145,7 +145,7 @@ def main(argv: list[str]) -> int:
     if args.action == "status":
         print_status(cluster)
         return 0
-    progress = demo.Progress()
+    progress = demo.StepLog()
     with progress.step("Test bed binaries (first run: about 30 min of Go builds on 2 cores, then cached)"):
         toolchain.build_all(["etcd", "kubernetes", "kwok"])
     if args.action == "demo":
@@ -164,7 +164,7 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _demo(cluster: LocalCluster, examples: Path, progress: demo.Progress) -> int:
+def _demo(cluster: LocalCluster, examples: Path, progress: demo.StepLog) -> int:
     cluster.create_namespace(DEMO_NAMESPACE)
     # The GPU examples first, and their simulated prefetch reports, before the operator runs.
     objects = apply_examples(cluster, examples, DEMO_NAMESPACE)

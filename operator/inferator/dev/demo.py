@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inferator.api.modelcache import Progress
 from inferator.dev.cluster import LocalCluster, free_port
 from inferator.dev.runner import RUNNER_LABEL
 from inferator.dev.tiny_model import VLLM_VENV, write_tiny_llama
@@ -109,7 +110,7 @@ def runner_images() -> dict[str, str]:
     return {"*": str(Path(sys.executable).parent), vllm_cpu: str(VLLM_VENV / "bin")}
 
 
-class Progress:
+class StepLog:
     """One line per step with the seconds it took: a slow step never looks like a hang."""
 
     def __init__(self, out: Callable[[str], None] | None = None) -> None:
@@ -242,9 +243,7 @@ def report_simulated_prefetch(
             continue
         facts = facts_from_config(json.loads((examples / config).read_text()))
         spec = ModelCacheSpec.model_validate(obj["spec"])
-        from inferator.api.modelcache import Progress as Done
-
-        done = Done(
+        done = Progress(
             bytes_done=facts.weight_bytes, bytes_total=facts.weight_bytes, files_done=1, files_total=1
         )
         status = final_status(content_hash(spec), facts.weight_bytes, None, facts, done)
@@ -278,7 +277,7 @@ def _answers(port: int) -> bool:
 
 
 def wait_serving(
-    cluster: LocalCluster, namespace: str, port: int, progress: Progress, timeout_s: float = READY_TIMEOUT_S
+    cluster: LocalCluster, namespace: str, port: int, progress: StepLog, timeout_s: float = READY_TIMEOUT_S
 ) -> dict[str, Any]:
     """Until the tiny InferenceService is Ready, printing each change of its or its cache's state."""
     deadline = time.monotonic() + timeout_s
@@ -339,7 +338,7 @@ def curl_command(answer: Answer) -> str:
 
 
 def serve_tiny_model(
-    cluster: LocalCluster, namespace: str, progress: Progress, manifests_dir: Path
+    cluster: LocalCluster, namespace: str, progress: StepLog, manifests_dir: Path
 ) -> tuple[dict[str, Any], Answer]:
     """Steps 1-3 of the module docstring; the Ready InferenceService and its answer."""
     models = cluster.state_dir / "models"

@@ -62,6 +62,20 @@ SMP = "application/strategic-merge-patch+json"
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
+def _in_container(spec_path: Path) -> list[str]:
+    """The argv that runs a container spec (inferator.dev.container) in a private mount namespace."""
+    return [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        sys.executable,
+        "-m",
+        "inferator.dev.container",
+        str(spec_path),
+    ]
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -307,7 +321,7 @@ class PodWorker(threading.Thread):
         spec_path.chmod(0o600)
         out = open(self.dir / f"{container.name}.log", "ab")  # noqa: SIM115 (owned by the child)
         popen = subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", sys.executable, "-m", "inferator.dev.container", str(spec_path)],
+            _in_container(spec_path),
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         out.close()
@@ -346,8 +360,7 @@ class PodWorker(threading.Thread):
         probe_spec.chmod(0o600)
         try:
             done = subprocess.run(
-                ["unshare", "-m", "--propagation", "private", sys.executable, "-m", "inferator.dev.container",
-                 str(probe_spec)],
+                _in_container(probe_spec),
                 capture_output=True, timeout=timeout_s, stdin=subprocess.DEVNULL,
             )  # fmt: skip
         except subprocess.TimeoutExpired:

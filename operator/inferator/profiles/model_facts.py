@@ -32,7 +32,13 @@ from inferator.api.modelcache import (
     Quantization,
     StateGroup,
 )
-from inferator.profiles.model_config import UnsupportedModel, first, require_int, resolve_config
+from inferator.profiles.model_config import (
+    ResolvedConfig,
+    UnsupportedModel,
+    first,
+    require_int,
+    resolve_config,
+)
 from inferator.profiles.quantization import (
     UnsupportedQuantization,
     module_is_quantized,
@@ -685,6 +691,7 @@ def facts_from_config(
     files: Mapping[str, Any] | None = None,
     checkpoint_bytes: int | None = None,
     mtp_bytes: int | None = None,
+    resolved: ResolvedConfig | None = None,
 ) -> ModelFacts:
     """ModelFacts from a config.json dict; weights from the shape unless measured.
 
@@ -696,7 +703,7 @@ def facts_from_config(
     Raises UnsupportedModel (a ValueError) naming what it cannot account for.
     """
     files = files or {}
-    resolved = resolve_config(config)
+    resolved = resolved or resolve_config(config)  # the caller's, when it resolved this config already
     text, arch = resolved.text, resolved.architecture
     raw_q = dict(config)
     hf_quant = files.get("hf_quant_config.json")
@@ -836,12 +843,14 @@ def facts_from_directory(path: str | Path) -> ModelFacts:
         dominant = summary.dominant_dtype
         if dominant in _SAFETENSORS_DTYPES:
             config = {**config, "torch_dtype": _SAFETENSORS_DTYPES[dominant]}
+            resolved = resolve_config(config)  # the dtype from the headers flows into the text part
     return facts_from_config(
         config,
         weight_bytes=summary.weight_bytes,
         parameter_count=None if quantised else summary.parameter_count,
         files=files,
         mtp_bytes=summary.mtp_bytes,
+        resolved=resolved,
     )
 
 

@@ -86,16 +86,11 @@ def content_hash(spec: ModelCacheSpec) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _claim_of(spec: ModelCacheSpec) -> str | None:
-    """pvc://claim/...: the claim named in the URI is the one verified and served."""
-    return spec.source.uri.removeprefix("pvc://").split("/", 1)[0] if spec.in_place else None
-
-
 def names(cache_name: str, spec: ModelCacheSpec) -> CacheNames:
     prefix = bounded(cache_name, _MAX_PREFIX)
     digest = content_hash(spec)
     return CacheNames(
-        pvc=_claim_of(spec) or spec.storage.pvc_name or f"{prefix}-weights",
+        pvc=spec.source_claim or spec.storage.pvc_name or f"{prefix}-weights",
         service_account=f"{prefix}-prefetch",
         size_job=f"{prefix}-size-{digest}",
         fetch_job=f"{prefix}-fetch-{digest}",

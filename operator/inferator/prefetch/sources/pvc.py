@@ -15,18 +15,11 @@ safetensors file's size matches its header, and the model facts can be read.
 from __future__ import annotations
 
 import os
-import posixpath
 from pathlib import Path
 
+from inferator.api.modelcache import parse_pvc_uri
 from inferator.prefetch.errors import VerificationError
 from inferator.prefetch.sources.listing import Listing, RemoteFile, safe_relative_path, select_files
-
-
-def parse_pvc_uri(uri: str) -> tuple[str, str]:
-    """'pvc://claim/some/dir' -> ('claim', 'some/dir'); '' for the volume root."""
-    rest = uri.removeprefix("pvc://")
-    claim, _, sub = rest.partition("/")
-    return claim, posixpath.normpath(sub).strip("/") if sub.strip("/") else ""
 
 
 class PvcSource:
