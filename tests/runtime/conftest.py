@@ -89,14 +89,16 @@ def tiny_llama(vllm_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     )
 
 
-def cpu_selection(model_dir: Path, port: int, served_model_name: str = SERVED_MODEL_NAME) -> Selection:
+def cpu_selection(
+    model_dir: Path, port: int, served_model_name: str = SERVED_MODEL_NAME, max_model_len: int = 1024
+) -> Selection:
     """What the operator would choose for this model on a small CPU node (its own selection code)."""
     nodes = short_form_node({"name": "cpu", "cpu": 2, "memory": "8Gi"})
     spec = InferenceServiceSpec.model_validate(
         {
             "modelCacheRef": {"name": served_model_name},
             "serving": {
-                "maxModelLen": 1024,
+                "maxModelLen": max_model_len,
                 "servedModelName": served_model_name,
                 "extraArgs": ["--host", "127.0.0.1", "--port", str(port)],
             },
@@ -110,11 +112,15 @@ def cpu_selection(model_dir: Path, port: int, served_model_name: str = SERVED_MO
 
 @contextlib.contextmanager
 def runtime_server(
-    vllm_venv: Path, model_dir: Path, work: Path, served_model_name: str = SERVED_MODEL_NAME
+    vllm_venv: Path,
+    model_dir: Path,
+    work: Path,
+    served_model_name: str = SERVED_MODEL_NAME,
+    max_model_len: int = 1024,
 ) -> Iterator[tuple[VllmServer, Selection]]:
     """`inferator runtime` as the Deployment runs it, on a free loopback port, reaped on exit."""
     port = free_port()
-    selection = cpu_selection(model_dir, port, served_model_name)
+    selection = cpu_selection(model_dir, port, served_model_name, max_model_len)
     assert selection.profile is not None
     env = {
         **os.environ,

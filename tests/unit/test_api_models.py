@@ -16,7 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 MODELS = {"ModelCache": ModelCacheSpec, "InferenceService": InferenceServiceSpec}
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+EXAMPLES = sorted([*(ROOT / "examples").glob("*.yaml"), *(ROOT / "examples" / "rag").glob("*.yaml")])
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.relative_to(ROOT / "examples").as_posix())
 def test_examples_parse(path: Path) -> None:
     for doc in yaml.safe_load_all(path.read_text()):
         MODELS[doc["kind"]].model_validate(doc["spec"])

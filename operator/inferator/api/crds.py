@@ -68,6 +68,7 @@ KINDS: tuple[Kind, ...] = (
         printer_columns=(
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             {"name": "Profile", "type": "string", "jsonPath": ".status.profile"},
+            {"name": "Task", "type": "string", "jsonPath": ".status.task"},
             _ready_column(),
             {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas", "priority": 1},
             {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "priority": 1},

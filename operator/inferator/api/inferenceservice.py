@@ -15,6 +15,7 @@ from inferator.api.common import (
     ResourceRequirements,
     Toleration,
 )
+from inferator.api.modelcache import ModelTask
 
 Engine = Literal["trtllm", "vllm", "sglang", "vllm-cpu"]
 # Named as the engines name them; a pre-quantised checkpoint's own format is its precision.
@@ -68,6 +69,14 @@ class Serving(ApiModel):
         default=None,
         max_length=256,
         description="Name clients send as `model`; defaults to the cache's model.",
+    )
+    task: ModelTask | None = Field(
+        default=None,
+        description=(
+            "generate, embed, rerank or classify; defaults to the model's own task (its architecture "
+            "and sentence-transformers files). embed or classify on a causal LM converts it (vLLM "
+            "--convert); a pooling task runs the engine's pooling runner and is warmed up on its endpoint."
+        ),
     )
     extra_args: list[str] = Field(default_factory=list, max_length=64)
     api_key_secret: SecretKeySelector | None = Field(
@@ -207,6 +216,9 @@ class InferenceServiceStatus(ApiModel):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
     profile: str | None = None
+    task: ModelTask | None = Field(
+        default=None, description="The task served (the pin, else the model's): what the endpoint answers."
+    )
     profile_generation: int | None = Field(
         default=None,
         description="Generation the profile was selected for; a running profile is kept until the spec changes or it no longer fits.",

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from inferator.api.common import ApiModel
 from inferator.api.inferenceservice import Engine, Precision, Target
+from inferator.api.modelcache import ModelTask
 
 PROFILE_ENV = "INFERATOR_PROFILE"
 MODEL_DIR_ENV = "INFERATOR_MODEL_DIR"
@@ -38,6 +39,9 @@ class ServingProfile(ApiModel):
     )
     command: list[str] = Field(description="Full argv of the engine's OpenAI server, executed as is.")
     served_model_name: str
+    task: ModelTask = Field(
+        default="generate", description="What the server answers; the warm-up calls this task's endpoint."
+    )
     port: int = Field(default=8000, ge=1, le=65535)
     health_path: str = "/health"
     metrics_path: str = "/metrics"

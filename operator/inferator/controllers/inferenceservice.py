@@ -111,10 +111,10 @@ def _gate_pods(pods: list[dict[str, Any]], profile: ServingProfile) -> str | Non
                 continue
             passed, message = (
                 True,
-                "warmed up in the pod with its API key (startup probe: model listed, one token)",
+                f"warmed up in the pod with its API key (startup probe: model listed, one {profile.task} request)",
             )
         else:
-            passed, message = warm_up(ip, profile.port, profile.served_model_name)
+            passed, message = warm_up(ip, profile.port, profile.served_model_name, task=profile.task)
         status = "True" if passed else "False"
         current = gate_condition(pod)
         if current is None or (current.get("status"), current.get("message")) != (status, message):
@@ -214,7 +214,7 @@ def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]
         return _finish(out, status, conds, "NoCompatibleProfile", generation)
     profile = selection.profile
     conds.set("ProfileSelected", "True", "ProfileSelected", selection.message)
-    out |= {"profile": profile.name, "profileGeneration": generation,
+    out |= {"profile": profile.name, "profileGeneration": generation, "task": profile.task,
             "pool": selection.pool.key if selection.pool else None,
             "estimates": selection.estimates.to_k8s() if selection.estimates else None,
             "endpoint": render.endpoint(name, namespace, profile.port)}  # fmt: skip

@@ -91,8 +91,8 @@ class LaunchInputs:
     extra_args: tuple[str, ...] = ()
     # generate, or a pooling task (embed, rerank, classify) served by the engine's pooling runner.
     task: str = "generate"
-    # A causal-LM architecture used as an embedding model (Qwen3-Embedding) must be converted.
-    generative_architecture: bool = False
+    # vLLM's --convert for a causal LM served as a pooling model (Qwen3-Embedding): embed or classify.
+    convert: str | None = None
 
 
 def max_num_seqs(target: Target, min_concurrency: int) -> int:
@@ -129,8 +129,8 @@ def engine_command(inputs: LaunchInputs) -> list[str]:
         if inputs.task != "generate":
             # vLLM's pooling runner (docs: "Pooling Models"); --convert turns a causal LM into an embedder.
             argv += ["--runner", "pooling"]
-            if inputs.task == "embed" and inputs.generative_architecture:
-                argv += ["--convert", "embed"]
+            if inputs.convert:
+                argv += ["--convert", inputs.convert]
         if inputs.engine == "vllm":
             argv += [
                 "--tensor-parallel-size",
@@ -189,6 +189,10 @@ def engine_command(inputs: LaunchInputs) -> list[str]:
         ]
         if inputs.task != "generate":
             argv += ["--is-embedding"]  # SGLang's pooling mode (embeddings and rerank scores)
+        if inputs.task == "rerank":
+            # SGLang's rerank-models page: cross-encoders run without the radix cache, in one
+            # chunk, on the triton attention backend.
+            argv += ["--disable-radix-cache", "--chunked-prefill-size", "-1", "--attention-backend", "triton"]
         if inputs.precision in _DTYPE_ARG:
             argv += ["--dtype", dtype]
         if inputs.online_quantization:

@@ -330,9 +330,15 @@ class MemoryPlan:
         return max(0, budget // self.kv_bytes_per_token_per_gpu)
 
 
-def _kv_needed(facts: ModelFacts) -> bool:
-    """Pooling models (embed, rerank, classify) answer in one pass: no KV kept for concurrency."""
-    return facts.task == "generate"
+def _sequences_held(facts: ModelFacts, min_concurrency: int) -> int:
+    """Sequences of the planned length the KV cache must hold.
+
+    Pooling models (embed, rerank, classify) answer in one forward pass and keep nothing
+    between requests, so concurrency costs no KV; a decoder-attention pooler (a causal LM
+    served as an embedder) still needs one sequence's worth, or vLLM refuses to start.
+    Encoder layers cache nothing (their per-sequence bytes are 0).
+    """
+    return min_concurrency if facts.task == "generate" else 1
 
 
 def plan_gpu_memory(
@@ -362,7 +368,7 @@ def plan_gpu_memory(
         + ENGINE_RESERVE_BYTES
         + extra_reserve_bytes
     )
-    required_kv = per_sequence * min_concurrency if _kv_needed(facts) else 0
+    required_kv = per_sequence * _sequences_held(facts, min_concurrency)
     return MemoryPlan(
         weight_bytes_per_gpu=math.ceil(weight_bytes(facts, precision) / (tensor_parallel_size * pp)),
         kv_bytes_per_token_per_gpu=per_token,
@@ -391,7 +397,7 @@ def plan_cpu_memory(
     kv_dtype_bytes = int(BYTES_PER_PARAM[precision]) if precision in ("fp32", "bf16", "fp16") else 2
     per_token = kv_bytes_per_token(facts, kv_dtype_bytes)
     per_sequence = kv_bytes_per_sequence_per_gpu(facts, 1, max_model_len, kv_dtype_bytes, CPU_PAGING)
-    needed = per_sequence * min_concurrency if _kv_needed(facts) else 0
+    needed = per_sequence * _sequences_held(facts, min_concurrency)
     kv_gib = max(1, math.ceil(needed / GIB))
     return MemoryPlan(
         weight_bytes_per_gpu=weight_bytes(facts, precision),

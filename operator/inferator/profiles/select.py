@@ -30,6 +30,7 @@ from inferator.api.modelcache import ModelFacts
 from inferator.api.profile import ServingProfile
 from inferator.profiles import compatibility as compat
 from inferator.profiles import engines as eng
+from inferator.profiles import tasks
 from inferator.profiles.catalog import BUILTIN_CATALOG, GpuSpec, find_by_short_name_or_product
 from inferator.profiles.memory import (
     GIB,
@@ -231,8 +232,8 @@ def _precision_verdict(
 
     The per-engine, per-generation table with its sources is profiles/compatibility.py.
     """
-    if facts.task != "generate" and engine == "trtllm":
-        return f"trtllm-serve has no pooling runner for {facts.task} models", True
+    if refusal := tasks.engine_refusal(engine, facts.task):
+        return refusal, True
     if engine == "trtllm" and online:
         return "trtllm-serve does not quantise at load: it needs an FP8-quantised checkpoint (ModelOpt)", True
     runs, native, reason = compat.support(engine, precision, gpu.compute_capability)
@@ -419,6 +420,10 @@ def score_candidates(
 ) -> tuple[list[ScoredCandidate], list[str]]:
     """Every candidate on every pool with its verdict, plus reasons that apply to all of them."""
     serving = spec.serving
+    task = tasks.plan_task(facts, serving.task)
+    if task.refusal:
+        return [], [task.refusal]
+    facts = tasks.served_facts(facts, task)
     ctx = _Context(
         model_max=facts.max_position_embeddings or DEFAULT_CONTEXT_TOKENS,
         requested=serving.max_model_len,
@@ -539,10 +544,16 @@ def _cpu_candidates(
 RankKeyFn = Callable[[ScoredCandidate], tuple[Any, ...]]
 
 
-def rank_key_function(settings: SelectionSettings, preferred_target: Target) -> RankKeyFn:
+def rank_key_function(
+    settings: SelectionSettings, preferred_target: Target, pooling: bool = False
+) -> RankKeyFn:
     """The sort key of candidates under `settings.ranking` (see SelectionSettings), most significant first.
 
     Built once per selection (the orders become dict lookups) because it runs for every candidate.
+    Pooling models (embed, rerank, classify) are small and answer in one compute-bound pass:
+    more GPUs or faster memory buy them little, so they rank the fewest GPUs and the smallest
+    GPU that holds them first (an L4 or a MIG slice before an H100), keeping big GPUs for
+    generation.
     """
     precision_index = {p: i for i, p in enumerate(settings.precision_order)}
     engine_index = {e: i for i, e in enumerate(settings.engine_order)}
@@ -553,9 +564,13 @@ def rank_key_function(settings: SelectionSettings, preferred_target: Target) -> 
         "precision": lambda c: (0 if c.native else 1, precision_index.get(c.precision, unknown_precision)),
         "engine": lambda c: engine_index.get(c.engine, unknown_engine),
         "tensor_parallel": lambda c: (
-            -c.tensor_parallel_size if c.target == "latency" else c.tensor_parallel_size
+            -c.tensor_parallel_size if c.target == "latency" and not pooling else c.tensor_parallel_size
         ),
-        "bandwidth": lambda c: -(c.pool.gpu.memory_bandwidth_gb_per_s if c.pool.gpu else 0),
+        "bandwidth": (
+            (lambda c: c.pool.gpu.memory_mib if c.pool.gpu else 0)
+            if pooling
+            else (lambda c: -(c.pool.gpu.memory_bandwidth_gb_per_s if c.pool.gpu else 0))
+        ),
         "name": lambda c: c.name,
     }
     chosen = [parts[key] for key in settings.ranking]
@@ -568,10 +583,13 @@ def rank_key_function(settings: SelectionSettings, preferred_target: Target) -> 
 
 
 def rank_candidates(
-    candidates: Iterable[ScoredCandidate], settings: SelectionSettings, preferred_target: Target = "latency"
+    candidates: Iterable[ScoredCandidate],
+    settings: SelectionSettings,
+    preferred_target: Target = "latency",
+    pooling: bool = False,
 ) -> list[ScoredCandidate]:
     """Feasible candidates in rank order, then infeasible ones in the same order."""
-    key = rank_key_function(settings, preferred_target)
+    key = rank_key_function(settings, preferred_target, pooling)
     return sorted(candidates, key=lambda c: (not c.feasible, key(c)))
 
 
@@ -660,7 +678,8 @@ def select_profile(
     preferred: Target = (
         spec.selector.optimize_for if spec.selector and spec.selector.optimize_for else "latency"
     )
-    ranked = rank_candidates(candidates, settings, preferred)
+    pooling = tasks.is_pooling(tasks.plan_task(facts, spec.serving.task).task)
+    ranked = rank_candidates(candidates, settings, preferred, pooling)
     if global_reasons:
         return _failure(global_reasons[0], global_reasons, ranked, scan)
     if not scan.pools:
@@ -813,6 +832,7 @@ def _build_selection(
     served_model_name: str | None,
 ) -> Selection:
     serving = spec.serving
+    task = tasks.plan_task(facts, serving.task)
     pool = chosen.pool
     plan = chosen.memory
     assert plan is not None
@@ -838,8 +858,8 @@ def _build_selection(
         ),
         cpu_kv_cache_space_gib=eng.cpu_kv_cache_space_gib(plan.kv_required_bytes_per_gpu),
         extra_args=tuple(serving.extra_args),
-        task=facts.task,
-        generative_architecture=facts.architecture.endswith(("ForCausalLM", "ForConditionalGeneration")),
+        task=task.task,
+        convert=task.convert,
     )
     info = eng.ENGINES[chosen.engine]
     gpu = pool.gpu
@@ -858,6 +878,7 @@ def _build_selection(
         required_gpu_memory_bytes=required_total,
         command=eng.engine_command(inputs),
         served_model_name=served,
+        task=task.task,
         port=eng.listen_port(serving.extra_args, info.port),
         health_path=info.health_path,
         metrics_path=info.metrics_path,

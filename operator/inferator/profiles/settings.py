@@ -40,7 +40,9 @@ class SelectionSettings(BaseModel):
     - engine: `engineOrder`;
     - tensor_parallel: latency profiles prefer more GPUs (lower latency), throughput profiles
       fewer (more replicas from the same GPUs), both within `latencyGpuFactor` (see there);
-    - bandwidth: faster GPU memory first (decode speed is bandwidth-bound);
+    - bandwidth: faster GPU memory first (decode speed is bandwidth-bound); for pooling models
+      (embed, rerank, classify), which decode nothing, the smallest GPU first, and the fewest
+      GPUs for every target;
     - name: the profile name, then the pool key, so the order is total.
     """
 

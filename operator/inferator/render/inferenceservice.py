@@ -77,8 +77,18 @@ def selector(name: str) -> dict[str, str]:
     return {SERVICE_LABEL: name}
 
 
-def signal_metric(engine: str, signal: ScalingSignal) -> str:
-    """The engine's Prometheus metric for a signal (cpu needs none)."""
+def signal_metric(engine: str, signal: ScalingSignal, task: str = "generate") -> str:
+    """The engine's Prometheus metric for a signal (cpu needs none).
+
+    Pooling models (embed, rerank, classify) go through the same scheduler and export the
+    same request gauges, so queueLength and runningRequests mean the same for them; they keep
+    no KV between requests, so KV-cache use says nothing about their load.
+    """
+    if signal == "kvCacheUsage" and task != "generate":
+        raise UnsupportedSignal(
+            f"autoscaling.metric 'kvCacheUsage' does not measure a {task} model's load (pooling "
+            "models keep no KV between requests); use queueLength or runningRequests"
+        )
     metric = ENGINE_SIGNALS.get(engine, {}).get(signal)
     if metric is None:
         supported = [*sorted(ENGINE_SIGNALS.get(engine, {})), "cpu"]
@@ -134,19 +144,19 @@ class ServingInputs:
     cache_revision: str = ""
 
 
-def _hpa_metric(engine: str, autoscaling: Autoscaling) -> dict[str, Any]:
+def _hpa_metric(engine: str, autoscaling: Autoscaling, task: str) -> dict[str, Any]:
     if autoscaling.metric == "cpu":
         return {"type": "Resource", "resource": {"name": "cpu",
                 "target": {"type": "Utilization", "averageUtilization": int(autoscaling.target)}}}  # fmt: skip
     # A custom-metrics adapter (prometheus-adapter) exposes `vllm:num_requests_waiting` as
     # `vllm_num_requests_waiting` per pod; the chart's docs carry the adapter rule.
-    name = signal_metric(engine, autoscaling.metric).replace(":", "_")
+    name = signal_metric(engine, autoscaling.metric, task).replace(":", "_")
     return {"type": "Pods", "pods": {"metric": {"name": name},
             "target": {"type": "AverageValue", "averageValue": decimal_quantity(autoscaling.target)}}}  # fmt: skip
 
 
 def _keda_trigger(
-    inputs: ServingInputs, autoscaling: Autoscaling, engine: str, served: str
+    inputs: ServingInputs, autoscaling: Autoscaling, engine: str, served: str, task: str
 ) -> dict[str, Any]:
     """One KEDA trigger. The Prometheus query sums over pods: KEDA's default AverageValue target
     divides that sum by the target per replica, so `target` means "per replica" for every signal
@@ -157,7 +167,7 @@ def _keda_trigger(
             "metricType": "Utilization",
             "metadata": {"value": str(int(autoscaling.target))},
         }
-    metric = signal_metric(engine, autoscaling.metric)
+    metric = signal_metric(engine, autoscaling.metric, task)
     query = f'sum({metric}{{namespace="{inputs.namespace}",model_name="{served}"}})'
     return {"type": "prometheus", "metadata": {"serverAddress": inputs.settings.prometheus_url,
             "query": query, "threshold": str(autoscaling.target)}}  # fmt: skip
@@ -283,7 +293,7 @@ def render_children(inputs: ServingInputs) -> list[dict[str, Any]]:
         objects.append(render_manifest("serving-pdb.yaml.j2", **common))
     if kind == "hpa" and spec.autoscaling:
         objects.append(render_manifest("serving-hpa.yaml.j2", **common, autoscaling=spec.autoscaling,
-                                       metric=_hpa_metric(profile.engine, spec.autoscaling)))  # fmt: skip
+                                       metric=_hpa_metric(profile.engine, spec.autoscaling, profile.task)))  # fmt: skip
     elif kind == "keda" and spec.autoscaling:
         if not inputs.keda_installed:
             raise AutoscalerUnavailable(
@@ -291,7 +301,9 @@ def render_children(inputs: ServingInputs) -> list[dict[str, Any]]:
                 "ScaledObject CRD (keda.sh/v1alpha1): install KEDA, or set autoscaling.backend: hpa "
                 "with minReplicas >= 1"
             )
-        trigger = _keda_trigger(inputs, spec.autoscaling, profile.engine, profile.served_model_name)
+        trigger = _keda_trigger(
+            inputs, spec.autoscaling, profile.engine, profile.served_model_name, profile.task
+        )
         objects.append(render_manifest("serving-scaledobject.yaml.j2", **common, autoscaling=spec.autoscaling,
                                        trigger=trigger))  # fmt: skip
     if inputs.servicemonitor_installed:
