@@ -11,7 +11,7 @@
    store is yours: pgvector, Qdrant, Milvus... do the same with more documents);
 2. embed the question and take the `--retrieve` nearest documents by cosine similarity;
 3. rerank those with the cross-encoder (`/v1/rerank`, Cohere/Jina style; the `openai`
-   client has no rerank method, so this one call is plain HTTP through its own httpx);
+   client has no rerank method, so this one call is plain HTTP);
 4. ask the LLM (`/v1/chat/completions`) with the `--context` best documents as context.
 
 Each service's model name is read from its /v1/models, so only the URLs are needed. With
@@ -21,13 +21,14 @@ Each service's model name is read from its /v1/models, so only the URLs are need
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import httpx
 import openai
 
 DOCUMENTS = [
@@ -85,14 +86,13 @@ def nearest(query: Sequence[float], vectors: Sequence[Sequence[float]], k: int) 
 
 def rerank(service: Service, query: str, documents: Sequence[str], api_key: str) -> list[tuple[int, float]]:
     """(index into `documents`, relevance score), best first."""
-    response = httpx.post(
+    request = urllib.request.Request(  # noqa: S310 (the user's own http(s) URL)
         f"{service.base_url}/rerank",
-        json={"model": service.model, "query": query, "documents": list(documents)},
-        headers={"Authorization": f"Bearer {api_key}"},
-        timeout=60,
+        data=json.dumps({"model": service.model, "query": query, "documents": list(documents)}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"},
     )
-    response.raise_for_status()
-    results = response.json()["results"]
+    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 (the user's own URL)
+        results = json.loads(response.read())["results"]
     pairs = [(int(r["index"]), float(r["relevance_score"])) for r in results]
     return sorted(pairs, key=lambda p: -p[1])
 
@@ -133,7 +133,9 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--embed", required=True, help="the embedding service's base URL (…/v1)")
     parser.add_argument("--rerank", required=True, help="the reranker's base URL (…/v1)")
     parser.add_argument("--llm", required=True, help="the LLM's base URL (…/v1)")
