@@ -26,7 +26,7 @@ def test_get_shows_printer_columns_for_both_kinds(cluster: LocalCluster, namespa
     ])  # fmt: skip
     out = cluster.kubectl("get", "infsvc,mcache", "-A").stdout
     header_lines = [line.split() for line in out.splitlines() if line.startswith("NAMESPACE")]
-    assert ["NAMESPACE", "NAME", "PHASE", "PROFILE", "READY", "AGE"] in header_lines
+    assert ["NAMESPACE", "NAME", "PHASE", "PROFILE", "TASK", "READY", "AGE"] in header_lines
     assert ["NAMESPACE", "NAME", "PHASE", "SOURCE", "READY", "AGE"] in header_lines
     assert "inferenceservice.inferator.dev/s" in out and "hf://org/m" in out
 

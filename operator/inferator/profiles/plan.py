@@ -380,7 +380,8 @@ def _print_table(selection: Selection, facts: ModelFacts, show_all: bool) -> Non
     console.print(
         f"[bold]Model[/bold] {facts.architecture}: {millions:.2f} B parameters, {gib(facts.weight_bytes)} GiB of "
         f"{facts.dtype} weights, {facts.num_layers} layers, {facts.num_attention_heads} heads / "
-        f"{facts.num_key_value_heads} KV heads, context {facts.max_position_embeddings}"
+        f"{facts.num_key_value_heads} KV heads, context {facts.max_position_embeddings}, "
+        f"task {selection.profile.task if selection.profile else facts.task}"
     )
     pools = ", ".join(
         f"{p.key} ({p.node_count} node{'s' if p.node_count != 1 else ''})" for p in selection.pools

@@ -327,6 +327,13 @@ def _longest_fitting_context(plan_at: Callable[[int], MemoryPlan], floor: int, e
 
 
 def _fit_reason(plan: MemoryPlan, length: int, min_concurrency: int, note: str) -> str:
+    if not plan.kv_bytes_per_token_per_gpu:
+        # An encoder (BERT, XLM-R) recomputes every request: nothing is cached, concurrency is free.
+        return (
+            f"fits: {gib(plan.required_bytes_per_gpu)} of {gib(plan.available_bytes_per_gpu)} GiB "
+            f"(weights {gib(plan.weight_bytes_per_gpu)} + overhead {gib(plan.overhead_bytes_per_gpu)}); "
+            f"no KV cache (encoder){note}"
+        )
     return (
         f"fits: {gib(plan.required_bytes_per_gpu)} of {gib(plan.available_bytes_per_gpu)} GiB "
         f"(weights {gib(plan.weight_bytes_per_gpu)} + KV {gib(plan.kv_required_bytes_per_gpu)} for {length} tokens "

@@ -103,7 +103,7 @@ def plan_task(facts: ModelFacts, pinned: ModelTask | None) -> TaskPlan:
         return TaskPlan(task)  # the engines score pairs of an embedder by cosine similarity
     return TaskPlan(
         task,
-        refusal=f"{arch} is a {own} model: it has no head for {task} (serving.task {task} pinned)",
+        refusal=f"{arch} is served as {own} by its files: it has no head for {task} (serving.task pinned)",
     )
 
 
