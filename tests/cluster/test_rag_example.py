@@ -14,14 +14,19 @@ its answer.
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
+import re
 import shutil
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import openai
 import pytest
 import yaml
 
@@ -29,7 +34,9 @@ from inferator.dev import demo
 from inferator.dev.cluster import LocalCluster, free_port
 from inferator.dev.tiny_model import vllm_python, write_tiny_llama
 from inferator.render.inferenceservice import READINESS_GATE
+from inferator.runtime.warmup import warm_up
 from tests.cluster.conftest import OperatorProcess, served_root, wait_for
+from tests.cluster.test_serving_e2e import post
 from tests.prefetch_servers import NginxServer, nginx_server
 from tests.runtime.tiny_models import HIDDEN_SIZE, write_tiny_model
 
@@ -133,9 +140,47 @@ def test_the_rag_example_serves_all_three_tasks_and_answers(
             TASKS[name]
         ]
         assert endpoint in gate["message"], gate
+        profile = json.loads(
+            next(
+                e["value"]
+                for e in pods[0]["spec"]["containers"][0]["env"]
+                if e["name"] == "INFERATOR_PROFILE"
+            )
+        )
+        pooling = "--runner" in profile["command"]
+        assert pooling == (TASKS[name] != "generate"), profile["command"]
     listing = cluster.kubectl("get", "infsvc", "-n", namespace).stdout
     assert "TASK" in listing.splitlines()[0], listing
     print(listing)
+
+    # The pooling servers as clients meet them (the checks tests/runtime/test_pooling.py makes
+    # on its classifier): no completions route, so a completion warm-up would never have passed.
+    for name in ("bge-small-en", "bge-reranker"):
+        passed, message = warm_up("127.0.0.1", ports[name], name, task="generate")
+        assert not passed and "/v1/completions answered HTTP 404" in message, message
+        metrics = (
+            urllib.request.urlopen(f"http://127.0.0.1:{ports[name]}/metrics", timeout=30).read().decode()
+        )
+        for gauge in (
+            "vllm:num_requests_waiting",
+            "vllm:num_requests_running",
+        ):  # queueLength, runningRequests
+            assert re.search(rf'^{gauge}{{[^}}]*model_name="{name}"', metrics, re.MULTILINE), gauge
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{ports['bge-small-en']}/v1", api_key="none", max_retries=0
+    )
+    answer = client.embeddings.create(model="bge-small-en", input=["the giant panda", "tax law"])
+    for item in answer.data:
+        assert len(item.embedding) == HIDDEN_SIZE
+        # modules.json lists sentence-transformers' Normalize: the engine returns unit vectors.
+        assert math.isclose(math.sqrt(sum(x * x for x in item.embedding)), 1.0, rel_tol=1e-3)
+    scored = post(
+        f"http://127.0.0.1:{ports['bge-reranker']}/v1/rerank",
+        {"model": "bge-reranker", "query": "what is a panda?", "documents": ["a", "bear", "tax", "law"]},
+    )["results"]
+    assert sorted(r["index"] for r in scored) == [0, 1, 2, 3]
+    scores = [r["relevance_score"] for r in scored]
+    assert all(0.0 <= s <= 1.0 for s in scores) and scores == sorted(scores, reverse=True)
 
     rag = load_rag_client()
     base = {name: f"http://127.0.0.1:{port}/v1" for name, port in ports.items()}
@@ -152,8 +197,8 @@ def test_the_rag_example_serves_all_three_tasks_and_answers(
     result = rag.run(embedder, reranker, llm, "How are model weights kept in the cluster?", max_tokens=16)
     assert len(result.retrieved) == 4 and len(set(result.retrieved)) == 4
     assert sorted(i for i, _ in result.ranked) == sorted(result.retrieved)  # every retrieved document scored
-    scores = [score for _, score in result.ranked]
-    assert scores == sorted(scores, reverse=True)
+    ranked_scores = [score for _, score in result.ranked]
+    assert ranked_scores == sorted(ranked_scores, reverse=True)
     assert result.answer.strip(), result  # the tiny Llama's words are random; that it answers is the point
     print(
         f"rag example: three services Ready in {ready_s:.0f} s; retrieved {result.retrieved}, "

