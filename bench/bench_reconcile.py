@@ -17,6 +17,13 @@ them (services reference the caches round-robin). Measured:
     kopf/… and inferator/…), by verb;
   - then a quiet minute: its writes (must be zero) and CPU seconds.
 
+The floor, in the same run and on the same control plane, first: bench/floor, a controller
+written with controller-runtime (Go, built once per source from the module proxy and cached
+like the test bed) that does only the unavoidable work for the same objects in its own
+namespace: from an informer cache, server-side apply of a Deployment and a Service, and one
+status write with Ready and Available. Its burst is measured the same way (its requests by its
+user agent, floor/…), and Inferator's figures are reported as ratios to it (--no-floor skips it).
+
 `replicas: 0` keeps the 2 cores for the operator: 1,000 KWOK pods would need 125 more nodes
 and make the scheduler and controller-manager the subject of the measurement. Selection,
 rendering, server-side apply of every child and the status path are the same.
@@ -30,14 +37,17 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
+import hashlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +64,10 @@ from inferator.dev.cluster import LocalCluster  # noqa: E402
 
 GROUP, VERSION = "inferator.dev", "v1alpha1"
 NAMESPACE = "bench"
+FLOOR_NAMESPACE = "bench-floor"
 OPERATOR_AGENTS = ("kopf", "inferator/")
+FLOOR_AGENTS = ("floor/",)
+FLOOR_SRC = REPO_ROOT / "bench" / "floor"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -75,10 +88,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def operator_requests(cluster: LocalCluster, since: float, until: float) -> collections.Counter[str]:
+def requests_by_verb(
+    cluster: LocalCluster, since: float, until: float, agents: tuple[str, ...]
+) -> collections.Counter[str]:
     counts: collections.Counter[str] = collections.Counter()
     seen: set[str] = set()
-    for agent in OPERATOR_AGENTS:
+    for agent in agents:
         for event in cluster.audit_events(since, agent):
             stamp = datetime.datetime.fromisoformat(
                 event["stageTimestamp"].replace("Z", "+00:00")
@@ -90,9 +105,13 @@ def operator_requests(cluster: LocalCluster, since: float, until: float) -> coll
     return counts
 
 
-def service(name: str, cache: str) -> dict[str, Any]:
+WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
+READ_VERBS = ("get", "list")
+
+
+def service(name: str, namespace: str, cache: str) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "InferenceService",
-            "metadata": {"name": name, "namespace": NAMESPACE},
+            "metadata": {"name": name, "namespace": namespace},
             "spec": {"modelCacheRef": {"name": cache}, "replicas": 0,
                      "serving": {"maxModelLen": 8192}}}  # fmt: skip
 
@@ -109,33 +128,168 @@ def settled(item: dict[str, Any]) -> bool:
     )
 
 
+def floor_binary() -> Path:
+    """bench/floor built once per source (its go.mod pins controller-runtime), cached like the test bed."""
+    digest = hashlib.sha256(b"".join((FLOOR_SRC / f).read_bytes() for f in ("go.mod", "go.sum", "main.go")))
+    binary = toolchain.cache_root() / "bin" / f"floor-{digest.hexdigest()[:12]}" / "floor"
+    if not binary.exists():
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, CGO_ENABLED="0", GOFLAGS="-buildvcs=false")
+        subprocess.run(
+            ["go", "build", "-trimpath", "-o", str(binary), "."], cwd=FLOOR_SRC, env=env, check=True
+        )
+    return binary
+
+
+@dataclass
+class Burst:
+    """One controller's burst: --services InferenceServices created at once, until all settled."""
+
+    controller: str
+    services: int
+    create_s: float
+    settle_s: float | None
+    latencies: list[float]
+    cpu_s: float
+    peak_rss_mib: float
+    requests: collections.Counter[str]
+
+    def p(self, q: float) -> float:
+        return percentile(self.latencies, q) if self.latencies else float("nan")
+
+    def per_service(self, verbs: tuple[str, ...]) -> float:
+        return sum(self.requests[v] for v in verbs) / self.services
+
+
+def burst(
+    cluster: LocalCluster,
+    api_client: Any,
+    controller: str,
+    pid: int,
+    agents: tuple[str, ...],
+    namespace: str,
+    caches: list[str],
+    count: int,
+    timeout_s: float,
+) -> Burst:
+    custom = kubernetes.client.CustomObjectsApi(api_client)
+    apps = kubernetes.client.AppsV1Api(api_client)
+    rendered: dict[str, float] = {}
+    watch_ready = threading.Event()
+
+    def watch_deployments() -> None:
+        watcher = kubernetes.watch.Watch()
+        watch_ready.set()
+        for event in watcher.stream(apps.list_namespaced_deployment, namespace, timeout_seconds=timeout_s):
+            rendered.setdefault(event["object"].metadata.name, time.monotonic())
+            if len(rendered) >= count:
+                watcher.stop()
+
+    threading.Thread(target=watch_deployments, daemon=True).start()
+    watch_ready.wait()
+    time.sleep(1)
+
+    cpu_before = cpu_seconds(pid)
+    created: dict[str, float] = {}
+    names = [f"svc-{i:04d}" for i in range(count)]
+    start_wall, start = time.time(), time.monotonic()
+
+    def create(index: int) -> None:
+        name = names[index]
+        body = service(name, namespace, caches[index % len(caches)])
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "inferenceservices", body)
+        created[name] = time.monotonic()
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(create, range(count)))
+    create_s = time.monotonic() - start
+
+    settle_s = None
+    while time.monotonic() - start < timeout_s:
+        items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "inferenceservices")["items"]
+        if len(rendered) >= count and sum(map(settled, items)) == count:
+            settle_s = time.monotonic() - start
+            break
+        time.sleep(0.5)
+    settled_wall = time.time()
+    cpu_s = cpu_seconds(pid) - cpu_before
+    rss = peak_rss_mib(pid)
+    latencies = [rendered[n] - created[n] for n in names if n in rendered and n in created]
+    time.sleep(3)  # the audit log is written asynchronously
+    requests = requests_by_verb(cluster, start_wall, settled_wall + 1, agents)
+    return Burst(controller, count, create_s, settle_s, latencies, cpu_s, rss, requests)
+
+
+def describe(b: Burst) -> list[str]:
+    settled_line = f"{b.settle_s:.1f} s" if b.settle_s is not None else "NOT within the timeout"
+    reads, writes = b.per_service(READ_VERBS), b.per_service(WRITE_VERBS)
+    return [
+        f"[{b.controller}]",
+        f"  services created                   {b.services} (16 client threads, {b.create_s:.1f} s to create)",
+        f"  burst settled (rendered + status)  {settled_line}",
+        f"  apply to rendered p50 / p99 / max  {b.p(0.5):.2f} / {b.p(0.99):.2f} / {max(b.latencies or [0]):.2f} s",
+        f"  CPU during the burst               {b.cpu_s:.1f} s",
+        f"  peak RSS                           {b.peak_rss_mib:.0f} MiB",
+        f"  API requests (burst)               {sum(b.requests.values())} {dict(sorted(b.requests.items()))}",
+        f"  per service: reads / writes        {reads:.2f} / {writes:.2f}",
+    ]  # fmt: skip
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "n/a"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--caches", type=int, default=10)
     parser.add_argument("--quiet-s", type=int, default=60)
     parser.add_argument("--timeout-s", type=int, default=900)
+    parser.add_argument("--no-floor", action="store_true", help="skip the controller-runtime floor")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
     load_before = os.getloadavg()
     toolchain.build_all(["etcd", "kubernetes", "kwok"])
+    floor = None if args.no_floor else floor_binary()
     work = Path(tempfile.mkdtemp(prefix="bench-reconcile-"))
     cluster = LocalCluster(work / "cluster", audit_reads=True)
     operator: OperatorProcess | None = None
+    floor_proc: subprocess.Popen[bytes] | None = None
+    bursts: list[Burst] = []
     try:
         cluster.up()
         install_crds(cluster)
-        cluster.create_namespace(NAMESPACE)
-        operator = OperatorProcess(cluster, NAMESPACE, work / "operator.log")
-        caches = [f"llama-{i}" for i in range(args.caches)]
-        for name in caches:
-            ready_cache(cluster, NAMESPACE, name, LLAMA_8B)
         api_client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
         custom = kubernetes.client.CustomObjectsApi(api_client)
-        apps = kubernetes.client.AppsV1Api(api_client)
+        caches = [f"llama-{i}" for i in range(args.caches)]
 
+        # The floor first, in its own namespace, before Inferator starts (so neither shares
+        # the 2 cores with the other's controller); the objects it leaves stay in etcd.
+        if floor is not None:
+            cluster.create_namespace(FLOOR_NAMESPACE)
+            env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
+            with (work / "floor.log").open("wb") as log:
+                floor_proc = subprocess.Popen(
+                    [str(floor), "--namespace", FLOOR_NAMESPACE],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            time.sleep(3)  # informers synced
+            bursts.append(
+                burst(cluster, api_client, "floor (controller-runtime)", floor_proc.pid, FLOOR_AGENTS,
+                      FLOOR_NAMESPACE, caches, args.services, args.timeout_s)
+            )  # fmt: skip
+            floor_proc.terminate()
+            floor_proc.wait(timeout=30)
+            floor_proc = None
+
+        cluster.create_namespace(NAMESPACE)
+        operator = OperatorProcess(cluster, NAMESPACE, work / "operator.log")
+        for name in caches:
+            ready_cache(cluster, NAMESPACE, name, LLAMA_8B)
         deadline = time.monotonic() + 300
         while True:
             items = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "modelcaches")["items"]
@@ -145,56 +299,11 @@ def main() -> int:
                 raise SystemExit(f"caches not Ready: {[(i.get('status') or {}).get('phase') for i in items]}")
             time.sleep(1)
         time.sleep(5)  # let the operator go quiet after the caches
-
-        rendered: dict[str, float] = {}
-        watch_ready = threading.Event()
-
-        def watch_deployments() -> None:
-            watcher = kubernetes.watch.Watch()
-            watch_ready.set()
-            for event in watcher.stream(
-                apps.list_namespaced_deployment, NAMESPACE, timeout_seconds=args.timeout_s
-            ):
-                name = event["object"].metadata.name
-                rendered.setdefault(name, time.monotonic())
-                if len(rendered) >= args.services:
-                    watcher.stop()
-
-        threading.Thread(target=watch_deployments, daemon=True).start()
-        watch_ready.wait()
-        time.sleep(1)
-
         pid = operator.proc.pid
-        cpu_before = cpu_seconds(pid)
-        created: dict[str, float] = {}
-        names = [f"svc-{i:04d}" for i in range(args.services)]
-        start_wall, start = time.time(), time.monotonic()
-
-        def create(index: int) -> None:
-            name = names[index]
-            body = service(name, caches[index % len(caches)])
-            custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "inferenceservices", body)
-            created[name] = time.monotonic()
-
-        with ThreadPoolExecutor(16) as pool:
-            list(pool.map(create, range(args.services)))
-        burst_s = time.monotonic() - start
-
-        settle_s = None
-        while time.monotonic() - start < args.timeout_s:
-            items = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "inferenceservices")[
-                "items"
-            ]
-            if len(rendered) >= args.services and sum(map(settled, items)) == args.services:
-                settle_s = time.monotonic() - start
-                break
-            time.sleep(0.5)
-        settled_wall = time.time()
-        cpu_burst = cpu_seconds(pid) - cpu_before
-        rss = peak_rss_mib(pid)
-        latencies = [rendered[n] - created[n] for n in names if n in rendered and n in created]
-        time.sleep(3)  # the audit log is written asynchronously
-        burst_requests = operator_requests(cluster, start_wall, settled_wall + 1)
+        bursts.append(
+            burst(cluster, api_client, "inferator", pid, OPERATOR_AGENTS, NAMESPACE, caches,
+                  args.services, args.timeout_s)
+        )  # fmt: skip
 
         # The quiet minute: nothing changes, so the operator must not write, and barely run.
         quiet_from = time.time()
@@ -202,10 +311,9 @@ def main() -> int:
         time.sleep(args.quiet_s)
         cpu_quiet = cpu_seconds(pid) - cpu_quiet_before
         time.sleep(3)
-        quiet_requests = operator_requests(cluster, quiet_from, quiet_from + args.quiet_s)
-        quiet_writes = sum(
-            quiet_requests[v] for v in ("create", "update", "patch", "delete", "deletecollection")
-        )
+        quiet_requests = requests_by_verb(cluster, quiet_from, quiet_from + args.quiet_s, OPERATOR_AGENTS)
+        quiet_writes = sum(quiet_requests[v] for v in WRITE_VERBS)
+        apps = kubernetes.client.AppsV1Api(api_client)
         children = {
             kind: len(items)
             for kind, items in (
@@ -214,23 +322,31 @@ def main() -> int:
             )
         }
     finally:
+        if floor_proc is not None:
+            floor_proc.kill()
         if operator:
             operator.stop()
         cluster.down()
 
-    lines = [
-        f"services created                     {args.services} (16 client threads, {burst_s:.1f} s to create)",
-        f"caches                               {args.caches} (Ready before the burst)",
-        f"burst settled (rendered + status)    {settle_s:.1f} s" if settle_s else "burst settled        NOT within the timeout",
-        f"apply to rendered p50 / p99 / max    {percentile(latencies, 0.5):.2f} / {percentile(latencies, 0.99):.2f} / {max(latencies):.2f} s",
-        f"operator CPU during the burst        {cpu_burst:.1f} s",
-        f"operator peak RSS                    {rss:.0f} MiB",
-        f"operator API requests (burst)        {sum(burst_requests.values())} {dict(sorted(burst_requests.items()))}",
-        f"quiet {args.quiet_s} s: operator writes         {quiet_writes}",
-        f"quiet {args.quiet_s} s: operator requests       {sum(quiet_requests.values())} {dict(sorted(quiet_requests.items()))}",
-        f"quiet {args.quiet_s} s: operator CPU            {cpu_quiet:.2f} s",
-        f"children at the end                  {json.dumps(children)}",
+    lines = [f"caches                               {args.caches} (Ready before Inferator's burst)"]
+    for b in bursts:
+        lines += describe(b)
+    lines += [
+        f"quiet {args.quiet_s} s: inferator writes        {quiet_writes}",
+        f"quiet {args.quiet_s} s: inferator requests      {sum(quiet_requests.values())} {dict(sorted(quiet_requests.items()))}",
+        f"quiet {args.quiet_s} s: inferator CPU           {cpu_quiet:.2f} s",
+        f"inferator's children at the end      {json.dumps(children)}",
     ]  # fmt: skip
+    if len(bursts) == 2:
+        fl, inf = bursts
+        lines += [
+            "inferator / floor",
+            f"  burst settled                      {ratio(inf.settle_s, fl.settle_s)}",
+            f"  apply to rendered p99              {ratio(inf.p(0.99), fl.p(0.99))}",
+            f"  CPU during the burst               {ratio(inf.cpu_s, fl.cpu_s)}",
+            f"  peak RSS                           {ratio(inf.peak_rss_mib, fl.peak_rss_mib)}",
+            f"  requests per service               {ratio(sum(inf.requests.values()), sum(fl.requests.values()))}",
+        ]  # fmt: skip
     report = "\n".join(lines)
     print(report)
     if not args.no_write:
@@ -249,7 +365,7 @@ def main() -> int:
             f"```\n{report}\n```\n"
         )
         print(f"wrote {out}")
-    return 0 if settle_s is not None else 1
+    return 0 if all(b.settle_s is not None for b in bursts) else 1
 
 
 if __name__ == "__main__":
