@@ -44,6 +44,7 @@ from inferator.profiles.quantization import (
     module_is_quantized,
     quantization_from_config,
 )
+from inferator.profiles.tasks import causal_lm
 
 __all__ = [
     "UnsupportedModel",
@@ -630,7 +631,7 @@ def _task(config: Mapping[str, Any], arch: str, files: Mapping[str, Any]) -> Mod
         return "rerank" if int(num_labels) == 1 and "Sequence" in arch else "classify"
     if "modules.json" in files or st is not None or "1_Pooling/config.json" in files:
         return "embed"
-    if arch.endswith(("ForCausalLM", "ForConditionalGeneration", "LMHeadModel", "ForMultimodalLM")):
+    if causal_lm(arch):
         return "generate"
     if arch.endswith(("Model", "ForMaskedLM", "ForEmbedding")) or "Embedding" in arch:
         return "embed"
