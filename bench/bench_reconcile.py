@@ -41,6 +41,7 @@ import hashlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -89,8 +90,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def requests_by_verb(
-    cluster: LocalCluster, since: float, until: float, agents: tuple[str, ...]
+    cluster: LocalCluster,
+    since: float,
+    until: float,
+    agents: tuple[str, ...],
+    by_resource: collections.Counter[str] | None = None,
 ) -> collections.Counter[str]:
+    """Requests by verb; with `by_resource`, also counted there by 'verb resource[/sub]'."""
     counts: collections.Counter[str] = collections.Counter()
     seen: set[str] = set()
     for agent in agents:
@@ -102,6 +108,12 @@ def requests_by_verb(
                 continue  # a watch logs ResponseStarted and ResponseComplete: count it once
             seen.add(event["auditID"])
             counts[event["verb"]] += 1
+            if by_resource is not None:
+                ref = event.get("objectRef") or {}
+                resource = ref.get("resource", "?") + (
+                    f"/{ref['subresource']}" if ref.get("subresource") else ""
+                )
+                by_resource[f"{event['verb']} {resource}"] += 1
     return counts
 
 
@@ -153,6 +165,8 @@ class Burst:
     cpu_s: float
     peak_rss_mib: float
     requests: collections.Counter[str]
+    by_resource: collections.Counter[str]
+    profile: list[str]
 
     def p(self, q: float) -> float:
         return percentile(self.latencies, q) if self.latencies else float("nan")
@@ -171,6 +185,7 @@ def burst(
     caches: list[str],
     count: int,
     timeout_s: float,
+    profile_to: Path | None = None,
 ) -> Burst:
     custom = kubernetes.client.CustomObjectsApi(api_client)
     apps = kubernetes.client.AppsV1Api(api_client)
@@ -189,6 +204,14 @@ def burst(
     watch_ready.wait()
     time.sleep(1)
 
+    spy = None
+    if profile_to is not None:
+        # py-spy samples the running process (no instrumentation); raw = collapsed stacks.
+        spy = subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw",
+             "--rate", "50", "--nonblocking", "--output", str(profile_to)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
     cpu_before = cpu_seconds(pid)
     created: dict[str, float] = {}
     names = [f"svc-{i:04d}" for i in range(count)]
@@ -213,11 +236,47 @@ def burst(
         time.sleep(0.5)
     settled_wall = time.time()
     cpu_s = cpu_seconds(pid) - cpu_before
+    profile: list[str] = []
+    if spy is not None and profile_to is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=60)
+        profile = summarize_profile(profile_to)
     rss = peak_rss_mib(pid)
     latencies = [rendered[n] - created[n] for n in names if n in rendered and n in created]
     time.sleep(3)  # the audit log is written asynchronously
-    requests = requests_by_verb(cluster, start_wall, settled_wall + 1, agents)
-    return Burst(controller, count, create_s, settle_s, latencies, cpu_s, rss, requests)
+    by_resource: collections.Counter[str] = collections.Counter()
+    requests = requests_by_verb(cluster, start_wall, settled_wall + 1, agents, by_resource)
+    return Burst(controller, count, create_s, settle_s, latencies, cpu_s, rss, requests, by_resource, profile)
+
+
+def summarize_profile(path: Path, top: int = 25) -> list[str]:
+    """The functions the samples were in (inclusive, each counted once per stack) and at the
+    top of (self), from py-spy's collapsed stacks; idle threads waiting on a queue, a lock or
+    a socket are counted apart so the table shows where CPU went."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = idle = 0
+    idle_marks = ("wait (threading.py", "_worker (concurrent", "select (selectors.py", "poll (",
+                  "recv_into (", "readinto (socket.py", "_run_once (asyncio", "sleep (")  # fmt: skip
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = stack.split(";")
+        total += int(n)
+        if any(frames[-1].startswith(m) for m in idle_marks):
+            idle += int(n)
+            continue
+        own[frames[-1]] += int(n)
+        for frame in set(frames):
+            inclusive[frame] += int(n)
+    busy = max(total - idle, 1)
+    lines = [f"samples {total}, idle (waiting on a queue, lock or socket) {idle}, busy {busy}",
+             "inclusive % of busy samples:"]  # fmt: skip
+    lines += [f"  {100 * c / busy:5.1f}  {f}" for f, c in inclusive.most_common(top)]
+    lines += ["self % of busy samples:"]
+    lines += [f"  {100 * c / busy:5.1f}  {f}" for f, c in own.most_common(top)]
+    return lines
 
 
 def describe(b: Burst) -> list[str]:
@@ -232,6 +291,8 @@ def describe(b: Burst) -> list[str]:
         f"  peak RSS                           {b.peak_rss_mib:.0f} MiB",
         f"  API requests (burst)               {sum(b.requests.values())} {dict(sorted(b.requests.items()))}",
         f"  per service: reads / writes        {reads:.2f} / {writes:.2f}",
+        "  requests by verb and resource      "
+        + ", ".join(f"{k} {v / b.services:.2f}" for k, v in sorted(b.by_resource.items(), key=lambda kv: -kv[1])),
     ]  # fmt: skip
 
 
@@ -246,6 +307,7 @@ def main() -> int:
     parser.add_argument("--quiet-s", type=int, default=60)
     parser.add_argument("--timeout-s", type=int, default=900)
     parser.add_argument("--no-floor", action="store_true", help="skip the controller-runtime floor")
+    parser.add_argument("--profile", action="store_true", help="py-spy the operator during its burst")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -302,7 +364,7 @@ def main() -> int:
         pid = operator.proc.pid
         bursts.append(
             burst(cluster, api_client, "inferator", pid, OPERATOR_AGENTS, NAMESPACE, caches,
-                  args.services, args.timeout_s)
+                  args.services, args.timeout_s, work / "profile.txt" if args.profile else None)
         )  # fmt: skip
 
         # The quiet minute: nothing changes, so the operator must not write, and barely run.
@@ -347,6 +409,8 @@ def main() -> int:
             f"  peak RSS                           {ratio(inf.peak_rss_mib, fl.peak_rss_mib)}",
             f"  requests per service               {ratio(sum(inf.requests.values()), sum(fl.requests.values()))}",
         ]  # fmt: skip
+    if bursts and bursts[-1].profile:
+        lines += ["inferator's profile during the burst (py-spy)", *bursts[-1].profile]
     report = "\n".join(lines)
     print(report)
     if not args.no_write:

@@ -211,7 +211,7 @@ def test_two_operator_replicas_only_one_acts(
         logs = [r.log() for r in replicas]
         # The services were created after a peering round: exactly one replica handles them. (The
         # cache existed before both started, so either may have handled it while peering settled.)
-        handled = "Handler 'reconcile_inferenceservice' succeeded"
+        handled = f"InferenceService {namespace}/s0 reconciled"
         acted = [i for i, log in enumerate(logs) if handled in log]
         assert len(acted) == 1, f"exactly one replica reconciles services; acted: {acted}"
         standby = logs[1 - acted[0]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.parse
 from typing import Any
 
 import pytest
@@ -189,9 +190,20 @@ def test_hand_edits_are_undone_and_deletion_cascades(
 def test_a_settled_operator_writes_nothing(
     cluster: LocalCluster, namespace: str, llama: str, operator: OperatorProcess, kubectl_json: Any
 ) -> None:
+    applied_at = time.time()
     cluster.apply([service(namespace, "chat", llama)])
     wait_for(lambda: kubectl_json("infsvc/chat", "-n", namespace).get("status", {}).get("phase") in ("Ready",),
              timeout_s=90, what="Ready (KWOK reports the pod ready; warm-up cannot reach a simulated pod)")  # fmt: skip
+    # From apply to Ready, every reconcile read its cache, nodes, children and pods from the
+    # operator's watches: not one GET or LIST of them by the operator's own client.
+    time.sleep(2)  # the audit log is written asynchronously
+    # (The ModelCache controller still reads its Jobs' pods and its cache: not this path.)
+    reads = [
+        e for e in cluster.audit_events(applied_at, "inferator/")
+        if e["verb"] in ("get", "list") and e.get("objectRef", {}).get("resource") != "modelcaches"
+        and "job-name" not in urllib.parse.unquote(e.get("requestURI", ""))
+    ]  # fmt: skip
+    assert reads == [], [(e["verb"], e["objectRef"]) for e in reads]
     assert health(kubectl_json("infsvc/chat", "-n", namespace))["status"] == "Healthy"
     assert health(kubectl_json(f"mcache/{llama}", "-n", namespace))["status"] == "Healthy"
 

@@ -24,17 +24,17 @@ def is_subset(desired: Any, live: Any) -> bool:
     return bool(desired == live)
 
 
-def ensure(obj: dict[str, Any], live: dict[str, Any] | None) -> bool:
-    """Server-side apply `obj` unless `live` already matches. Returns whether a write was made."""
+def ensure(obj: dict[str, Any], live: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Server-side apply `obj` unless `live` already matches. Returns the object as written, or
+    None when no write was needed."""
     if (
         live is not None
         and is_subset(obj.get("spec"), live.get("spec"))
         and is_subset(obj["metadata"].get("labels", {}), live["metadata"].get("labels", {}))
         and _same_owner(obj, live)
     ):
-        return False
-    kube.apply(obj)
-    return True
+        return None
+    return kube.apply(obj)
 
 
 def _same_owner(obj: dict[str, Any], live: dict[str, Any]) -> bool:

@@ -1,13 +1,14 @@
 """InferenceService controller: cache → profile → children → readiness gate → status.
 
-Level-based: each run reads the cache, the nodes and the children, and converges. The
-running profile is kept until the spec changes or it no longer fits the nodes; children are
-written only when they differ from what is rendered, so a settled service costs no writes.
+Level-based: each run reads the cache, the nodes, the children and the pods (from the
+watches' indices, `informers`, not the API server), and converges. The running profile is
+kept until the spec changes or it no longer fits the nodes; children are written only when
+they differ from what is rendered, so a settled service costs no writes.
 """
 
 from __future__ import annotations
 
-import time
+import logging
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -25,7 +26,7 @@ from inferator.api import (
 from inferator.api.common import CONDITION_STATUS
 from inferator.api.conditions import get_condition, set_condition
 from inferator.api.profile import ServingProfile
-from inferator.controllers import children, kube
+from inferator.controllers import children, informers, kube, workqueue
 from inferator.controllers.metrics import (
     CENSUS,
     PROFILE_SELECTIONS,
@@ -33,6 +34,7 @@ from inferator.controllers.metrics import (
     RECONCILE_SECONDS,
     RECONCILES,
     TIME_TO_READY,
+    WORKQUEUE_DEPTH,
     seconds_since,
 )
 from inferator.controllers.modelcache import validation_message
@@ -51,16 +53,6 @@ OPTIONAL_CHILDREN = (
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
 )
-_NODE_CACHE_TTL_S = 5.0
-_node_cache: dict[str, Any] = {"at": 0.0, "nodes": []}
-
-
-def list_nodes() -> list[dict[str, Any]]:
-    """Nodes, read at most every few seconds: a burst of services shares one LIST."""
-    if time.monotonic() - _node_cache["at"] > _NODE_CACHE_TTL_S:
-        _node_cache["nodes"] = kube.list_objects("v1", "Node", "", "")
-        _node_cache["at"] = time.monotonic()
-    return cast(list[dict[str, Any]], _node_cache["nodes"])
 
 
 def crd_installed(group_version: str, kind: str) -> bool:
@@ -75,10 +67,6 @@ class Conditions:
 
     def set(self, type_: str, status: CONDITION_STATUS, reason: str, message: str) -> None:
         self.values[type_] = (status, reason, message)
-
-
-def _pods(namespace: str, name: str) -> list[dict[str, Any]]:
-    return kube.list_objects("v1", "Pod", namespace, f"{render.SERVICE_LABEL}={name}")
 
 
 def _refusal(pods: list[dict[str, Any]]) -> str | None:
@@ -121,8 +109,10 @@ def _gate_pods(pods: list[dict[str, Any]], profile: ServingProfile) -> str | Non
             condition = {"type": render.READINESS_GATE, "status": status,
                          "reason": "WarmupSucceeded" if passed else "WarmupFailed", "message": message,
                          "lastTransitionTime": now_rfc3339()}  # fmt: skip
-            kube.patch_pod_status_conditions(
-                pod["metadata"]["name"], pod["metadata"]["namespace"], [condition]
+            informers.remember_write(
+                kube.patch_pod_status_conditions(
+                    pod["metadata"]["name"], pod["metadata"]["namespace"], [condition]
+                )
             )
         if not passed:
             failure = f"pod {pod['metadata']['name']}: {message}"
@@ -130,9 +120,14 @@ def _gate_pods(pods: list[dict[str, Any]], profile: ServingProfile) -> str | Non
 
 
 def _select(
-    spec: InferenceServiceSpec, status: InferenceServiceStatus, generation: int, facts: Any, served: str
-) -> Selection:
-    nodes = list_nodes()
+    spec: InferenceServiceSpec,
+    status: InferenceServiceStatus,
+    generation: int,
+    facts: Any,
+    served: str,
+    nodes: list[dict[str, Any]],
+) -> tuple[Selection, bool]:
+    """The selection, and whether it is the running profile kept (checked to still fit)."""
 
     def select(for_spec: InferenceServiceSpec) -> Selection:
         return select_profile(facts, nodes, for_spec, SELECTION.settings, catalog=SELECTION.catalog,
@@ -141,11 +136,11 @@ def _select(
     if status.profile and status.profile_generation == generation:
         kept = select(spec.model_copy(update={"profile": status.profile, "selector": None}))
         if kept.ok:
-            return kept
-    return select(spec)
+            return kept, True
+    return select(spec), False
 
 
-def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.View) -> dict[str, Any]:
     """Converge one service; return the status fields it should have."""
     generation = int(body["metadata"].get("generation") or 0)
     status = InferenceServiceStatus.model_validate(body.get("status") or {})
@@ -158,7 +153,7 @@ def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]
         return _finish(out, status, conds, "Failed", generation)
 
     cache_name = spec.model_cache_ref.name
-    cache = kube.get(f"{API_GROUP}/{API_VERSION}", "ModelCache", cache_name, namespace)
+    cache = view.model_cache(namespace, cache_name)
     cache_status = ModelCacheStatus.model_validate((cache or {}).get("status") or {})
     cache_ready = get_condition(cache_status.conditions, "Ready")
     if cache is None:
@@ -204,10 +199,15 @@ def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]
         return _finish(out, status, conds, "NoCompatibleProfile", generation)
 
     cache_spec = ModelCacheSpec.model_validate(cache["spec"])
-    selection = _select(spec, status, generation, cache_status.model, cache_name)
-    out["candidates"] = [
-        c.to_k8s() for c in selection.status_candidates(SELECTION.settings.status_candidates)
-    ]
+    selection, kept = _select(spec, status, generation, cache_status.model, cache_name, view.nodes())
+    # A kept profile is checked as a pin, whose ranking says nothing of the alternatives: the
+    # candidates stay those of the selection that chose it (else every later pass rewrote them).
+    previous = (body.get("status") or {}).get("candidates")
+    out["candidates"] = (
+        previous
+        if kept and previous
+        else [c.to_k8s() for c in selection.status_candidates(SELECTION.settings.status_candidates)]
+    )
     if not selection.ok or selection.profile is None:
         conds.set("ProfileSelected", "False", "NoCompatibleProfile", selection.message)
         conds.set("Ready", "False", "NoCompatibleProfile", selection.message)
@@ -240,13 +240,15 @@ def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]
     for obj in desired:
         obj["metadata"]["ownerReferences"] = owner
         wanted.add((obj["apiVersion"], obj["kind"]))
-        children.ensure(obj, kube.get(obj["apiVersion"], obj["kind"], name, namespace))
+        informers.remember_write(
+            children.ensure(obj, view.get(obj["apiVersion"], obj["kind"], name, namespace))
+        )
     for api_version, kind in OPTIONAL_CHILDREN:
-        stale = (api_version, kind) not in wanted and crd_installed(api_version, kind)
-        if stale and kube.get(api_version, kind, name, namespace) is not None:
+        if (api_version, kind) not in wanted and view.get(api_version, kind, name, namespace) is not None:
             kube.delete(api_version, kind, name, namespace)
+            informers.forget(api_version, kind, namespace, name)
 
-    deployment = kube.get("apps/v1", "Deployment", name, namespace) or {}
+    deployment = view.get("apps/v1", "Deployment", name, namespace) or {}
     dstatus = deployment.get("status") or {}
     replicas, ready = int(dstatus.get("replicas") or 0), int(dstatus.get("readyReplicas") or 0)
     out |= {"replicas": replicas, "readyReplicas": ready}
@@ -261,14 +263,7 @@ def reconcile(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]
             (available or {}).get("message") or "waiting for the Deployment",
         )
     desired_replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
-    # Every pod of the current rollout ready: no gate to open and no refusal to report, so
-    # the pod list (the costliest read of a reconcile) is skipped.
-    all_ready = (
-        dstatus.get("observedGeneration") == (deployment.get("metadata") or {}).get("generation")
-        and replicas == ready == desired_replicas
-        and int(dstatus.get("updatedReplicas") or 0) == desired_replicas
-    )
-    pods = [] if deployment and all_ready else _pods(namespace, name)
+    pods = view.pods(namespace, name)
     warmup_failure = _gate_pods(pods, profile)
     refusal = _refusal(pods)
     if desired_replicas == 0 and replicas == 0:
@@ -307,9 +302,9 @@ def _finish(
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _run(name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+def _run(name: str, namespace: str, body: dict[str, Any], view: informers.View) -> dict[str, Any]:
     with RECONCILE_SECONDS.labels(KIND).time(), RECONCILE_ERRORS.labels(KIND).count_exceptions():
-        desired = reconcile(name, namespace, body)
+        desired = reconcile(name, namespace, body, view)
     RECONCILES.labels(KIND, desired.get("phase", "")).inc()
     return changed_fields(body.get("status") or {}, desired)
 
@@ -334,73 +329,124 @@ def _event_on_transition(body: kopf.Body, old_phase: str | None, changes: dict[s
                    reason=ready.get("reason", phase), message=ready.get("message", phase)[:1024])  # fmt: skip
 
 
-def _not_settled(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
+POLL_INTERVAL_S = 5.0
+# A Deployment reports its rollout in several status updates within a second or two: a
+# refresh waits this long so that they cost one reconcile.
+REFRESH_DELAY_S = 1.0
+WORKERS = 16
+log = logging.getLogger(__name__)
+
+
+def settled(status: dict[str, Any], generation: int) -> bool:
+    """Nothing left to poll for: this generation handled, Ready, every replica ready.
+
+    A service that is not settled waits on something no watch reports (a pod to warm up, a
+    cache or a rollout to finish): it is polled every POLL_INTERVAL_S until it is."""
     ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-    return not (
+    return (
         ready.get("status") == "True"
-        and status.get("observedGeneration") == meta.get("generation")
+        and status.get("observedGeneration") == generation
         and status.get("readyReplicas") == status.get("replicas")
     )
 
 
-def _poll_due(status: kopf.Status, meta: kopf.Meta, **_: Any) -> bool:
-    """The timer polls what no watch tells us (a cache turning Ready, a pod to warm up) only
-    after the change handlers have handled the current generation: in a burst, objects wait
-    in kopf's queues for longer than the interval, and a timer tick then only repeats them."""
-    return status.get("observedGeneration") == meta.get("generation") and _not_settled(status, meta)
-
-
-@kopf.on.resume(API_GROUP, API_VERSION, "inferenceservices")
-@kopf.on.create(API_GROUP, API_VERSION, "inferenceservices")
-@kopf.on.update(API_GROUP, API_VERSION, "inferenceservices", field="spec")
-@kopf.timer(API_GROUP, API_VERSION, "inferenceservices", interval=5, when=_poll_due)
-def reconcile_inferenceservice(
-    name: str, namespace: str | None, body: kopf.Body, patch: kopf.Patch, **_: Any
-) -> None:
-    raw = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": dict(body["metadata"]),
-           "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}  # fmt: skip
-    changes = _run(name, namespace or "", raw)
-    for key, value in changes.items():
-        patch.status[key] = value
-    _observe(raw, raw["status"], changes)
-    _event_on_transition(body, raw["status"].get("phase"), changes)
-
-
-def _converge(svc: dict[str, Any], namespace: str) -> None:
-    """Reconcile a service from an event handler (no kopf patch there): patch what changed."""
+def _converge(svc: dict[str, Any], namespace: str, view: informers.View) -> dict[str, Any]:
+    """Reconcile a service and patch the status fields that changed (none: no write); return
+    the status it now has. The answer of the patch is kept (`informers.remember_write`) so the
+    next reconcile judges from it even before the watch delivers it."""
     name = svc["metadata"]["name"]
-    changes = _run(name, namespace, svc)
+    old = svc.get("status") or {}
+    changes = _run(name, namespace, svc, view)
     if changes:
-        kube.patch_status(f"{API_GROUP}/{API_VERSION}", KIND, name, namespace, changes)
-        _observe(svc, svc.get("status") or {}, changes)
-        _event_on_transition(cast(kopf.Body, svc), (svc.get("status") or {}).get("phase"), changes)
+        informers.remember_write(
+            kube.patch_status(f"{API_GROUP}/{API_VERSION}", KIND, name, namespace, changes)
+        )
+        log.info("InferenceService %s/%s reconciled: status %s written (phase %s)", namespace, name,
+                 ", ".join(sorted(changes)), changes.get("phase") or old.get("phase"))  # fmt: skip
+        _observe(svc, old, changes)
+        _event_on_transition(cast(kopf.Body, svc), old.get("phase"), changes)
+    return {**old, **changes}
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={render.SERVICE_LABEL: kopf.PRESENT})
-@kopf.on.event("", "v1", "services", labels={render.SERVICE_LABEL: kopf.PRESENT})
-@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels={render.SERVICE_LABEL: kopf.PRESENT})
-def child_changed(
-    type: str | None, body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any
+def _process(key: Any) -> float | None:
+    """One reconcile from the queue: the service as the watch (or our last write) has it."""
+    namespace, name = key
+    view = informers.current()
+    svc = view.service(namespace, name)
+    if svc is None or svc["metadata"].get("deletionTimestamp"):
+        return None
+    status = informers.in_handler_context(_converge, svc, namespace, view)
+    return None if settled(status, int(svc["metadata"].get("generation") or 0)) else POLL_INTERVAL_S
+
+
+def _failed(key: Any, exc: BaseException, retry_in_s: float) -> None:
+    namespace, name = key
+    log.warning("InferenceService %s/%s: reconcile failed, retrying in %.0f s: %s", namespace, name, retry_in_s,
+                scrub(f"{type(exc).__name__}: {exc}")[:2000])  # fmt: skip
+
+
+QUEUE = workqueue.WorkQueue(_process, workers=WORKERS, name="inferenceservice", on_error=_failed)
+WORKQUEUE_DEPTH.labels(KIND).set_function(lambda: len(QUEUE))
+
+
+@kopf.on.event(API_GROUP, API_VERSION, "inferenceservices")
+async def service_changed(
+    type: str | None, name: str, namespace: str | None, meta: kopf.Meta, status: kopf.Status, **kwargs: Any
 ) -> None:
-    """A child moved (scaled, became ready, edited or deleted by hand): converge its owner now."""
-    if type is None:  # the initial listing: resume handles owners
+    """Queue a service whose generation is not handled yet (created, spec changed, or found at
+    start: the initial listing). Status updates, ours included, queue nothing: the events of
+    its children, its cache and the poll of an unsettled service do.
+
+    kopf's change handlers are not used: they write a diff-base annotation on every change,
+    and their timers need a finalizer on the object (a service then cannot be deleted while the
+    operator is away). The generation in the status is the whole bookkeeping."""
+    informers.bind(kwargs)
+    CENSUS.observe(KIND, namespace or "", name, status.get("phase"), deleted=type == "DELETED")
+    if type == "DELETED":
+        return
+    if type is None or status.get("observedGeneration") != meta.get("generation"):
+        QUEUE.add((namespace or "", name), priority=workqueue.RENDER)
+
+
+def _child_changed(
+    type: str | None, body: kopf.Body, labels: kopf.Labels, namespace: str | None, **kwargs: Any
+) -> None:
+    """A child moved (scaled, became ready, edited or deleted by hand): refresh its owner."""
+    if type is None:  # the initial listing: the owners' own listing queues them
         return
     child = dict(body)
+    if type == "DELETED":
+        informers.forget(child["apiVersion"], child["kind"], namespace or "", child["metadata"]["name"])
     foreign = children.changed_by_others(type, child)
     if not foreign and child.get("kind") != "Deployment":
-        return  # our own apply of a Service or NetworkPolicy coming back: nothing to read
+        return  # our own apply of a child coming back: nothing to do
+    view = informers.bind(kwargs)
     owner_name = labels[render.SERVICE_LABEL]
-    owner = kube.get(f"{API_GROUP}/{API_VERSION}", KIND, owner_name, namespace or "")
+    owner = view.service(namespace or "", owner_name)
     if owner is None or owner["metadata"].get("deletionTimestamp"):
         return
-    if not foreign and not children.deployment_differs(child, owner.get("status") or {}):
-        return
-    _converge(owner, namespace or "")
+    if foreign:
+        QUEUE.add((namespace or "", owner_name))
+    elif children.deployment_differs(child, owner.get("status") or {}):
+        QUEUE.add((namespace or "", owner_name), after_s=REFRESH_DELAY_S)
+
+
+async def child_changed(**kwargs: Any) -> None:
+    _child_changed(**kwargs)
+
+
+# Every child kind: a hand edit of any of them is undone, a deleted one comes back.
+for _group, _version, _plural in informers.CHILD_RESOURCES:
+    kopf.on.event(_group, _version, _plural, id="child_changed", labels={render.SERVICE_LABEL: kopf.PRESENT})(
+        child_changed
+    )
 
 
 @kopf.on.event(API_GROUP, API_VERSION, "modelcaches")
-def cache_changed(type: str | None, name: str, namespace: str | None, status: kopf.Status, **_: Any) -> None:
-    """A cache settled (Ready again, a new revision, Failed): converge the services on it now.
+async def cache_changed(
+    type: str | None, name: str, namespace: str | None, status: kopf.Status, **kwargs: Any
+) -> None:
+    """A cache settled (Ready again, a new revision, Failed): refresh the services on it.
 
     Services waiting for a cache poll anyway; a Ready service is settled and would not notice
     a new revision or a cache that failed under it. Progress patches of a download (phase
@@ -408,15 +454,6 @@ def cache_changed(type: str | None, name: str, namespace: str | None, status: ko
     """
     if type is None or type == "DELETED" or status.get("phase") not in ("Ready", "Failed"):
         return
-    for svc in kube.list_objects(f"{API_GROUP}/{API_VERSION}", KIND, namespace or "", ""):
-        if ((svc.get("spec") or {}).get("modelCacheRef") or {}).get("name") != name:
-            continue
-        if not svc["metadata"].get("deletionTimestamp"):
-            _converge(svc, namespace or "")
-
-
-@kopf.on.event(API_GROUP, API_VERSION, "inferenceservices")
-def census_inferenceservice(
-    type: str | None, name: str, namespace: str | None, status: kopf.Status, **_: Any
-) -> None:
-    CENSUS.observe(KIND, namespace or "", name, status.get("phase"), deleted=type == "DELETED")
+    view = informers.bind(kwargs)
+    for svc_name in view.service_names_on_cache(namespace or "", name):
+        QUEUE.add((namespace or "", svc_name))

@@ -36,7 +36,11 @@ def _api_client() -> Any:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
     from inferator import __version__
 
-    client = kubernetes.client.ApiClient()
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    # One connection per worker thread: with urllib3's default of 10, a burst handled by more
+    # threads discards connections and pays a TLS handshake per request.
+    configuration.connection_pool_maxsize = 32
+    client = kubernetes.client.ApiClient(configuration)
     client.user_agent = f"inferator/{__version__}"  # tells our requests apart in audit logs
     return client
 
@@ -181,21 +185,27 @@ def patch(api_version: str, kind: str, name: str, namespace: str, body: dict[str
              content_type="application/merge-patch+json")  # fmt: skip
 
 
-def patch_status(api_version: str, kind: str, name: str, namespace: str, status: dict[str, Any]) -> None:
-    """Merge-patch the status subresource (only the keys given)."""
-    _request(
+def patch_status(
+    api_version: str, kind: str, name: str, namespace: str, status: dict[str, Any]
+) -> dict[str, Any]:
+    """Merge-patch the status subresource (only the keys given); the object as written."""
+    written: dict[str, Any] = _request(
         "PATCH",
         _path(api_version, kind, namespace, name, "status"),
         body={"status": status},
         content_type="application/merge-patch+json",
     )
+    return written
 
 
-def patch_pod_status_conditions(name: str, namespace: str, conditions: list[dict[str, Any]]) -> None:
+def patch_pod_status_conditions(
+    name: str, namespace: str, conditions: list[dict[str, Any]]
+) -> dict[str, Any]:
     """Strategic merge on pod conditions: merged by type, so the kubelet's own conditions stay."""
-    _request(
+    written: dict[str, Any] = _request(
         "PATCH",
         _path("v1", "Pod", namespace, name, "status"),
         body={"status": {"conditions": conditions}},
         content_type="application/strategic-merge-patch+json",
     )
+    return written

@@ -12,14 +12,19 @@ import threading
 from collections import Counter as Tally
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 RECONCILES = Counter("inferator_reconcile_total", "Reconciles by kind and outcome", ["kind", "outcome"])
 RECONCILE_SECONDS = Histogram("inferator_reconcile_duration_seconds", "Reconcile duration", ["kind"])
 RECONCILE_ERRORS = Counter(
-    "inferator_reconcile_errors_total", "Reconciles that raised (kopf retries them)", ["kind"]
+    "inferator_reconcile_errors_total", "Reconciles that raised (retried with backoff)", ["kind"]
+)
+WORKQUEUE_DEPTH = Gauge(
+    "inferator_workqueue_depth",
+    "Objects queued for a reconcile (due now, or later: polls and retries)",
+    ["kind"],
 )
 PROFILE_SELECTIONS = Counter(
     "inferator_profile_selections_total",

@@ -81,6 +81,16 @@ def _kubeconfig(server: str, pki: Pki, user: str) -> dict[str, Any]:
     }
 
 
+AUDITED_READS = [
+    {"group": "", "resources": ["pods", "nodes", "services"]},
+    {"group": "apps", "resources": ["deployments"]},
+    {"group": "networking.k8s.io", "resources": ["networkpolicies"]},
+    {"group": "policy", "resources": ["poddisruptionbudgets"]},
+    {"group": "autoscaling", "resources": ["horizontalpodautoscalers"]},
+    {"group": "inferator.dev", "resources": ["inferenceservices", "modelcaches"]},
+]
+
+
 @dataclass
 class LocalCluster:
     """One local control plane, its state in `state_dir` (certs, etcd data, logs, pids, ports)."""
@@ -140,6 +150,9 @@ class LocalCluster:
             if self.audit_reads
             else [
                 {"level": "Metadata", "verbs": list(WRITE_VERBS)},
+                # Reads of what an InferenceService's reconcile needs: tests assert the
+                # operator takes them from its watches, and that none of its reads is refused.
+                {"level": "Metadata", "verbs": ["get", "list", "watch"], "resources": AUDITED_READS},
                 {"level": "None"},
             ],
         }

@@ -21,6 +21,9 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         autoescape=False,  # noqa: S701 (YAML, not HTML; values go through the tojson filter)
         keep_trailing_newline=True,
+        # The templates ship inside the package and never change under a running operator:
+        # without this, every render stats each template file to see whether to reload it.
+        auto_reload=False,
     )
     # JSON is valid YAML: every value lands quoted and escaped, never concatenated.
     env.filters["tojson"] = lambda value: json.dumps(value, sort_keys=False)
