@@ -17,12 +17,16 @@ them (services reference the caches round-robin). Measured:
     kopf/… and inferator/…), by verb;
   - then a quiet minute: its writes (must be zero) and CPU seconds.
 
-The floor, in the same run and on the same control plane, first: bench/floor, a controller
-written with controller-runtime (Go, built once per source from the module proxy and cached
-like the test bed) that does only the unavoidable work for the same objects in its own
-namespace: from an informer cache, server-side apply of a Deployment and a Service, and one
-status write with Ready and Available. Its burst is measured the same way (its requests by its
-user agent, floor/…), and Inferator's figures are reported as ratios to it (--no-floor skips it).
+The floor, in the same run, first: bench/floor, a controller written with controller-runtime
+(Go, built once per source from the module proxy and cached like the test bed) that does only
+the unavoidable work for the same objects: from an informer cache, server-side apply of a
+Deployment and a Service, and one status write with Ready and Available. Each controller gets
+a fresh control plane brought up the same way (the second must not pay for the first one's
+objects in etcd), and both bursts are measured the same way: rendered and settled from watches
+(not LIST polling, which loaded the API server more than the controllers), requests from the
+audit log by user agent (floor/…), CPU of the controller and of the control plane (etcd,
+kube-apiserver, kube-controller-manager). Inferator's figures are reported as ratios to the
+floor's (--no-floor skips it). With --profile, py-spy samples the operator during its burst.
 
 `replicas: 0` keeps the 2 cores for the operator: 1,000 KWOK pods would need 125 more nodes
 and make the scheduler and controller-manager the subject of the measurement. Selection,
@@ -80,6 +84,19 @@ def cpu_seconds(pid: int) -> float:
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def control_plane_cpu_seconds(cluster: LocalCluster) -> float:
+    """etcd, kube-apiserver and kube-controller-manager together: the other side of every request."""
+    pids = [cluster.pid(c) for c in ("etcd", "kube-apiserver", "kube-controller-manager")]
+    return sum(cpu_seconds(pid) for pid in pids if pid is not None)
+
+
+def current_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -163,6 +180,7 @@ class Burst:
     settle_s: float | None
     latencies: list[float]
     cpu_s: float
+    control_plane_cpu_s: float
     peak_rss_mib: float
     requests: collections.Counter[str]
     by_resource: collections.Counter[str]
@@ -200,8 +218,30 @@ def burst(
             if len(rendered) >= count:
                 watcher.stop()
 
+    # Settled is followed by a watch too: polling a LIST of 1,000 services every half second
+    # loaded the API server (and this client's JSON parser) more than the controllers did.
+    settled_names: set[str] = set()
+    all_settled = threading.Event()
+    services_watch_ready = threading.Event()
+
+    def watch_services() -> None:
+        watcher = kubernetes.watch.Watch()
+        services_watch_ready.set()
+        for event in watcher.stream(custom.list_namespaced_custom_object, GROUP, VERSION, namespace,
+                                    "inferenceservices", timeout_seconds=timeout_s):  # fmt: skip
+            obj = event["object"]
+            if event["type"] != "DELETED" and settled(obj):
+                settled_names.add(obj["metadata"]["name"])
+            else:
+                settled_names.discard(obj["metadata"]["name"])
+            if len(settled_names) >= count and len(rendered) >= count:
+                all_settled.set()
+                watcher.stop()
+
     threading.Thread(target=watch_deployments, daemon=True).start()
+    threading.Thread(target=watch_services, daemon=True).start()
     watch_ready.wait()
+    services_watch_ready.wait()
     time.sleep(1)
 
     spy = None
@@ -209,10 +249,11 @@ def burst(
         # py-spy samples the running process (no instrumentation); raw = collapsed stacks.
         spy = subprocess.Popen(
             [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw",
-             "--rate", "50", "--nonblocking", "--output", str(profile_to)],
+             "--rate", "50", "--nonblocking", "--gil", "--output", str(profile_to)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
     cpu_before = cpu_seconds(pid)
+    plane_before = control_plane_cpu_seconds(cluster)
     created: dict[str, float] = {}
     names = [f"svc-{i:04d}" for i in range(count)]
     start_wall, start = time.time(), time.monotonic()
@@ -228,14 +269,11 @@ def burst(
     create_s = time.monotonic() - start
 
     settle_s = None
-    while time.monotonic() - start < timeout_s:
-        items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "inferenceservices")["items"]
-        if len(rendered) >= count and sum(map(settled, items)) == count:
-            settle_s = time.monotonic() - start
-            break
-        time.sleep(0.5)
+    if all_settled.wait(timeout=max(0.0, timeout_s - (time.monotonic() - start))):
+        settle_s = time.monotonic() - start
     settled_wall = time.time()
     cpu_s = cpu_seconds(pid) - cpu_before
+    plane_cpu_s = control_plane_cpu_seconds(cluster) - plane_before
     profile: list[str] = []
     if spy is not None and profile_to is not None:
         spy.send_signal(signal.SIGINT)
@@ -246,13 +284,15 @@ def burst(
     time.sleep(3)  # the audit log is written asynchronously
     by_resource: collections.Counter[str] = collections.Counter()
     requests = requests_by_verb(cluster, start_wall, settled_wall + 1, agents, by_resource)
-    return Burst(controller, count, create_s, settle_s, latencies, cpu_s, rss, requests, by_resource, profile)
+    return Burst(controller, count, create_s, settle_s, latencies, cpu_s, plane_cpu_s, rss, requests, by_resource,
+                 profile)  # fmt: skip
 
 
 def summarize_profile(path: Path, top: int = 25) -> list[str]:
     """The functions the samples were in (inclusive, each counted once per stack) and at the
-    top of (self), from py-spy's collapsed stacks; idle threads waiting on a queue, a lock or
-    a socket are counted apart so the table shows where CPU went."""
+    top of (self), from py-spy's collapsed stacks. Sampled with --gil (only the thread holding
+    the GIL: where the operator's Python CPU went, not where its threads waited); samples still
+    at the top of a wait are counted apart."""
     inclusive: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     total = idle = 0
@@ -287,7 +327,7 @@ def describe(b: Burst) -> list[str]:
         f"  services created                   {b.services} (16 client threads, {b.create_s:.1f} s to create)",
         f"  burst settled (rendered + status)  {settled_line}",
         f"  apply to rendered p50 / p99 / max  {b.p(0.5):.2f} / {b.p(0.99):.2f} / {max(b.latencies or [0]):.2f} s",
-        f"  CPU during the burst               {b.cpu_s:.1f} s",
+        f"  CPU during the burst               {b.cpu_s:.1f} s (control plane: {b.control_plane_cpu_s:.1f} s)",
         f"  peak RSS                           {b.peak_rss_mib:.0f} MiB",
         f"  API requests (burst)               {sum(b.requests.values())} {dict(sorted(b.requests.items()))}",
         f"  per service: reads / writes        {reads:.2f} / {writes:.2f}",
@@ -316,20 +356,23 @@ def main() -> int:
     toolchain.build_all(["etcd", "kubernetes", "kwok"])
     floor = None if args.no_floor else floor_binary()
     work = Path(tempfile.mkdtemp(prefix="bench-reconcile-"))
-    cluster = LocalCluster(work / "cluster", audit_reads=True)
     operator: OperatorProcess | None = None
     floor_proc: subprocess.Popen[bytes] | None = None
     bursts: list[Burst] = []
-    try:
+    caches = [f"llama-{i}" for i in range(args.caches)]
+
+    def fresh_cluster(name: str) -> tuple[LocalCluster, Any]:
+        # Each controller gets a control plane of its own, brought up the same way: the second
+        # burst must not pay for the first one's 1,000 Deployments and ReplicaSets in etcd.
+        cluster = LocalCluster(work / name, audit_reads=True)
         cluster.up()
         install_crds(cluster)
-        api_client = kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
-        custom = kubernetes.client.CustomObjectsApi(api_client)
-        caches = [f"llama-{i}" for i in range(args.caches)]
+        return cluster, kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
 
-        # The floor first, in its own namespace, before Inferator starts (so neither shares
-        # the 2 cores with the other's controller); the objects it leaves stay in etcd.
-        if floor is not None:
+    # The floor first, then Inferator, one control plane each, never both at once.
+    if floor is not None:
+        cluster, api_client = fresh_cluster("cluster-floor")
+        try:
             cluster.create_namespace(FLOOR_NAMESPACE)
             env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
             with (work / "floor.log").open("wb") as log:
@@ -344,10 +387,15 @@ def main() -> int:
                 burst(cluster, api_client, "floor (controller-runtime)", floor_proc.pid, FLOOR_AGENTS,
                       FLOOR_NAMESPACE, caches, args.services, args.timeout_s)
             )  # fmt: skip
-            floor_proc.terminate()
-            floor_proc.wait(timeout=30)
-            floor_proc = None
+        finally:
+            if floor_proc is not None:
+                floor_proc.terminate()
+                floor_proc.wait(timeout=30)
+            cluster.down()
 
+    cluster, api_client = fresh_cluster("cluster-inferator")
+    custom = kubernetes.client.CustomObjectsApi(api_client)
+    try:
         cluster.create_namespace(NAMESPACE)
         operator = OperatorProcess(cluster, NAMESPACE, work / "operator.log")
         for name in caches:
@@ -372,6 +420,7 @@ def main() -> int:
         cpu_quiet_before = cpu_seconds(pid)
         time.sleep(args.quiet_s)
         cpu_quiet = cpu_seconds(pid) - cpu_quiet_before
+        rss_settled = current_rss_mib(pid)
         time.sleep(3)
         quiet_requests = requests_by_verb(cluster, quiet_from, quiet_from + args.quiet_s, OPERATOR_AGENTS)
         quiet_writes = sum(quiet_requests[v] for v in WRITE_VERBS)
@@ -384,8 +433,6 @@ def main() -> int:
             )
         }
     finally:
-        if floor_proc is not None:
-            floor_proc.kill()
         if operator:
             operator.stop()
         cluster.down()
@@ -397,6 +444,7 @@ def main() -> int:
         f"quiet {args.quiet_s} s: inferator writes        {quiet_writes}",
         f"quiet {args.quiet_s} s: inferator requests      {sum(quiet_requests.values())} {dict(sorted(quiet_requests.items()))}",
         f"quiet {args.quiet_s} s: inferator CPU           {cpu_quiet:.2f} s",
+        f"inferator's RSS, settled               {rss_settled:.0f} MiB ({args.services} services)",
         f"inferator's children at the end      {json.dumps(children)}",
     ]  # fmt: skip
     if len(bursts) == 2:

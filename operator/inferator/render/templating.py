@@ -31,9 +31,15 @@ def _environment() -> jinja2.Environment:
     return env
 
 
+@cache
+def _template(name: str) -> jinja2.Template:
+    # jinja's own template cache takes a lock and checks its LRU order on every lookup.
+    return _environment().get_template(name)
+
+
 def render_manifests(template: str, **context: Any) -> list[dict[str, Any]]:
     """Render a template and parse it into the objects it holds (empty documents dropped)."""
-    text = _environment().get_template(template).render(**context)
+    text = _template(template).render(**context)
     return [doc for doc in yaml.load_all(text, Loader=_LOADER) if doc]
 
 
