@@ -93,6 +93,11 @@ def test_service_is_placed_on_the_selected_pool_under_restricted_psa(
     assert short in node["metadata"]["labels"]["nvidia.com/gpu.product"].lower().replace("nvidia-", "")
     out = cluster.kubectl("get", "infsvc", "-n", namespace).stdout
     assert profile in out
+    # Rolling out or Ready, the operator put nothing on the object but its status: no
+    # finalizer to block a delete while the operator is away, no kopf annotations.
+    meta = kubectl_json("infsvc/chat", "-n", namespace)["metadata"]
+    assert not meta.get("finalizers"), meta
+    assert not [k for k in meta.get("annotations") or {} if k.startswith("inferator.dev/")], meta
 
 
 def test_model_that_fits_nowhere_proceeds_when_a_pool_that_fits_is_added(

@@ -27,7 +27,8 @@ def queues() -> Iterator[list[WorkQueue]]:
         q.stop()
 
 
-def test_keys_added_before_a_worker_is_free_are_processed_once(queues: list[WorkQueue]) -> None:
+def one_busy_worker(queues: list[WorkQueue], first: str) -> tuple[WorkQueue, threading.Event, list[Hashable]]:
+    """A queue whose only worker is held on `first` until the returned gate is set."""
     gate = threading.Event()
     seen: list[Hashable] = []
 
@@ -37,8 +38,13 @@ def test_keys_added_before_a_worker_is_free_are_processed_once(queues: list[Work
 
     q = WorkQueue(process, workers=1)
     queues.append(q)
-    q.add("busy")  # holds the only worker
+    q.add(first)
     wait_until(lambda: len(q) == 0)
+    return q, gate, seen
+
+
+def test_keys_added_before_a_worker_is_free_are_processed_once(queues: list[WorkQueue]) -> None:
+    q, gate, seen = one_busy_worker(queues, "busy")
     for _ in range(5):
         q.add("a")
         q.add("b")
@@ -50,17 +56,7 @@ def test_keys_added_before_a_worker_is_free_are_processed_once(queues: list[Work
 
 
 def test_render_keys_are_taken_before_refresh_keys(queues: list[WorkQueue]) -> None:
-    gate = threading.Event()
-    seen: list[Hashable] = []
-
-    def process(key: Hashable) -> None:
-        gate.wait()
-        seen.append(key)
-
-    q = WorkQueue(process, workers=1)
-    queues.append(q)
-    q.add("first")
-    wait_until(lambda: len(q) == 0)
+    q, gate, seen = one_busy_worker(queues, "first")
     for i in range(3):
         q.add(f"refresh-{i}", priority=REFRESH)
     q.add("new-service", priority=RENDER)

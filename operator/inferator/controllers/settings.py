@@ -69,8 +69,9 @@ def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.batching.error_delays = [1, 2, 5, 10, 30, 60, 120]
-    # Sync handlers run in a thread pool; a reconcile mostly waits on the API server, so the
-    # default pool (CPUs + 4 threads) leaves a burst queued while the operator idles.
+    # Sync handlers (the ModelCache's; InferenceServices have their own work queue) run in a
+    # thread pool; a cache's reconcile mostly waits on the API server, so the default pool
+    # (CPUs + 4 threads) leaves many caches queued while the operator idles.
     settings.execution.max_workers = 32
     directory = Path(os.environ.get(CONFIG_DIR_ENV, DEFAULT_CONFIG_DIR))
     try:
