@@ -385,6 +385,8 @@ def _failed(key: Any, exc: BaseException, retry_in_s: float) -> None:
                 scrub(f"{type(exc).__name__}: {exc}")[:2000])  # fmt: skip
 
 
+# Services seen by this process (namespace, name, uid): what a re-listing need not resume.
+_RESUMED: set[tuple[str, str, str | None]] = set()
 QUEUE = workqueue.WorkQueue(_process, workers=WORKERS, name="inferenceservice", on_error=_failed)
 WORKQUEUE_DEPTH.labels(KIND).set_function(lambda: len(QUEUE))
 
@@ -402,9 +404,16 @@ async def service_changed(
     operator is away). The generation in the status is the whole bookkeeping."""
     informers.bind(kwargs)
     CENSUS.observe(KIND, namespace or "", name, status.get("phase"), deleted=type == "DELETED")
+    key = (namespace or "", name, meta.get("uid"))
     if type == "DELETED":
+        _RESUMED.discard(key)
         return
-    if type is None or status.get("observedGeneration") != meta.get("generation"):
+    # kopf lists again whenever a watch has to restart from scratch (410 Gone after a quiet
+    # spell, every few minutes): a listing resumes only the services this process has not
+    # seen yet, or a settled fleet would be reconciled in full each time.
+    first_sight = type is None and key not in _RESUMED
+    _RESUMED.add(key)
+    if first_sight or status.get("observedGeneration") != meta.get("generation"):
         QUEUE.add((namespace or "", name), priority=workqueue.RENDER)
 
 
