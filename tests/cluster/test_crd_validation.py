@@ -51,6 +51,9 @@ INVALID = [
     ("hpa-to-zero", svc({**SVC, "autoscaling": {"minReplicas": 0, "maxReplicas": 2, "backend": "hpa"}}), "spec.autoscaling.backend"),
     ("tp-zero", svc({**SVC, "selector": {"tensorParallelSizes": [0]}}), "spec.selector.tensorParallelSizes[0]"),
     ("unknown-field", svc({**SVC, "replica": 2}), 'unknown field "spec.replica"'),
+    # The name becomes the Service's name and a label value: refused, not failed on every reconcile.
+    ("svc-name-64", {**svc(SVC), "metadata": {"name": "a" * 64}}, "metadata.name must be at most 63 characters"),
+    ("svc-name-digit", {**svc(SVC), "metadata": {"name": "7b-chat"}}, "starting with a letter"),
 ]  # fmt: skip
 
 VALID = [
@@ -62,6 +65,7 @@ VALID = [
     ("sized-delete", cache({**CACHE, "storage": {"size": "40Gi", "reclaimPolicy": "Delete", "accessModes": ["ReadWriteMany"]}})),
     ("ownership-fix", cache({**CACHE, "ownership": {"runAsUser": 2000, "runAsGroup": 2000, "fsGroup": 2000, "fixOwnership": True}})),
     ("minimal-svc", svc(SVC)),
+    ("svc-name-63", {**svc(SVC), "metadata": {"name": "a" * 63}}),
     ("pinned", svc({**SVC, "profile": "vllm-h100-fp8-tp2-latency"})),
     ("selector", svc({**SVC, "selector": {"engines": ["vllm", "sglang"], "precisions": ["fp8"], "tensorParallelSizes": [1, 2], "optimizeFor": "throughput"}})),
     ("keda-zero", svc({**SVC, "autoscaling": {"minReplicas": 0, "maxReplicas": 3, "metric": "kvCacheUsage", "target": 0.8}})),

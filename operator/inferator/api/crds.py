@@ -34,6 +34,19 @@ class Kind:
     printer_columns: tuple[dict[str, Any], ...]
     scale: bool = False
     categories: tuple[str, ...] = field(default=("inferator",))
+    # CEL rules on the whole object (the only place a CRD can constrain metadata.name).
+    object_rules: tuple[dict[str, str], ...] = ()
+
+
+# The service's name is its Service's name (a DNS-1035 label) and a label value on every child
+# and pod (63 characters): a name the children cannot carry is refused at apply time rather
+# than failing every reconcile.
+SERVICE_NAME_RULE = {
+    "rule": "self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+    "message": "metadata.name must be at most 63 characters of lower-case letters, digits and '-', "
+    "starting with a letter and ending with a letter or digit (a DNS-1035 label): it names the "
+    "InferenceService's Service and labels its pods",
+}
 
 
 def _ready_column() -> dict[str, Any]:
@@ -75,6 +88,7 @@ KINDS: tuple[Kind, ...] = (
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ),
         scale=True,
+        object_rules=(SERVICE_NAME_RULE,),
     ),
 )
 
@@ -178,6 +192,11 @@ def crd(kind: Kind) -> dict[str, Any]:
                                 "spec": spec_schema,
                                 "status": status_schema,
                             },
+                            **(
+                                {"x-kubernetes-validations": list(kind.object_rules)}
+                                if kind.object_rules
+                                else {}
+                            ),
                         }
                     },
                     "subresources": subresources,
