@@ -150,6 +150,20 @@ def test_sglang_serves_a_cross_encoder_as_its_docs_launch_it() -> None:
     assert not classify.ok and "classification route" in classify.message
 
 
+def test_an_embedder_pinned_rerank_is_scored_by_vllm_not_sglang() -> None:
+    """vLLM ranks an embedder's pairs by cosine; SGLang reranks cross-encoders only."""
+    settings = SelectionSettings(engines=["sglang", "vllm"], engine_order=["sglang", "vllm"])
+    selection = select_profile(corpus(MINILM), MIXED_CLUSTER, spec(task="rerank"), settings)
+    assert selection.profile is not None and selection.profile.engine == "vllm"
+    assert selection.profile.task == "rerank"
+    sglang = [c for c in selection.candidates if c.name.startswith("sglang")]
+    assert sglang and not any(c.feasible for c in sglang)
+    assert all("cosine" in c.reason for c in sglang if "-tp1-" in c.name)
+    # The same engines serve a real cross-encoder on SGLang first, as ordered.
+    marco = select_profile(corpus(BGE_RERANKER), MIXED_CLUSTER, spec(), settings)
+    assert marco.profile is not None and marco.profile.engine == "sglang"
+
+
 # -- sizing and ranking -------------------------------------------------------------------------
 
 

@@ -226,13 +226,13 @@ def _gpu_precisions(facts: ModelFacts) -> tuple[list[tuple[Precision, bool]], st
 
 
 def _precision_verdict(
-    engine: Engine, precision: Precision, online: bool, gpu: GpuSpec, facts: ModelFacts
+    engine: Engine, precision: Precision, online: bool, gpu: GpuSpec, plan: tasks.TaskPlan
 ) -> tuple[str, bool]:
     """('' or the reason this engine cannot run this precision on this GPU, natively supported?).
 
     The per-engine, per-generation table with its sources is profiles/compatibility.py.
     """
-    if refusal := tasks.engine_refusal(engine, facts.task):
+    if refusal := tasks.plan_refusal(engine, plan):
         return refusal, True
     if engine == "trtllm" and online:
         return "trtllm-serve does not quantise at load: it needs an FP8-quantised checkpoint (ModelOpt)", True
@@ -468,7 +468,7 @@ def score_candidates(
             if engine == "vllm-cpu":
                 continue
             for precision, online in gpu_precisions:
-                prec_reason, native = _precision_verdict(engine, precision, online, gpu, facts)
+                prec_reason, native = _precision_verdict(engine, precision, online, gpu, task)
                 verdicts: list[tuple[int, _Verdict]] = []
                 for tp in tps:
                     rejection = _tp_reason(facts, tp, pool) or prec_reason

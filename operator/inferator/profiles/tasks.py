@@ -13,6 +13,10 @@ Engines and tasks (each engine's own docs, 2026-11):
 | vllm      | yes      | `--runner pooling`       | `--runner pooling` (cross-encoder)  | `--runner pooling`  |
 | vllm-cpu  | yes      | same as vllm             | same as vllm                        | same as vllm        |
 | sglang    | yes      | `--is-embedding`         | `--is-embedding` (cross-encoder)    | refused             |
+
+An embedder pinned `rerank` is scored by the cosine of its embeddings: vLLM does that on
+`/v1/rerank` and `/score`; SGLang reranks only cross-encoders and decoder-only yes/no models,
+so it is refused for one.
 | trtllm    | yes      | refused                  | refused                             | refused             |
 
 trtllm-serve has no pooling runner: it serves completions and chat only. SGLang's
@@ -61,6 +65,8 @@ class TaskPlan:
     task: ModelTask
     convert: str | None = None  # vLLM's --convert value for a causal LM served as a pooling model
     refusal: str = ""
+    # "similarity": an embedder pinned rerank, its pairs scored by the cosine of their embeddings.
+    scoring: str = ""
 
 
 def is_pooling(task: str) -> bool:
@@ -100,7 +106,7 @@ def plan_task(facts: ModelFacts, pinned: ModelTask | None) -> TaskPlan:
     if own == "rerank" and task == "classify":
         return TaskPlan(task)  # a one-label cross-encoder classifies as well (one probability)
     if own == "embed" and task == "rerank":
-        return TaskPlan(task)  # the engines score pairs of an embedder by cosine similarity
+        return TaskPlan(task, scoring="similarity")  # vLLM scores an embedder's pairs by cosine
     return TaskPlan(
         task,
         refusal=f"{arch} is served as {own} by its files: it has no head for {task} (serving.task pinned)",
@@ -110,6 +116,18 @@ def plan_task(facts: ModelFacts, pinned: ModelTask | None) -> TaskPlan:
 def engine_refusal(engine: str, task: str) -> str:
     """'' when `engine` serves `task`, else the reason it does not."""
     return _ENGINE_TASKS.get(engine, {}).get(task, "")
+
+
+def plan_refusal(engine: str, plan: TaskPlan) -> str:
+    """'' when `engine` serves the planned task the planned way, else the reason it does not."""
+    if refusal := engine_refusal(engine, plan.task):
+        return refusal
+    if plan.scoring == "similarity" and engine != "vllm" and engine != "vllm-cpu":
+        return (
+            f"{engine} reranks with a cross-encoder (or a decoder-only yes/no reranker), not by the "
+            "cosine of an embedder's vectors; vLLM serves an embedder pinned rerank"
+        )
+    return ""
 
 
 def served_facts(facts: ModelFacts, plan: TaskPlan) -> ModelFacts:
