@@ -51,6 +51,15 @@ def test_the_first_listing_resumes_a_settled_service_and_a_relisting_does_not(qu
     assert len(queue.added) == 2
 
 
+def test_a_deleted_service_is_not_kept_alive_by_our_last_status_write(queue: Recorder) -> None:
+    informers.remember_write({"apiVersion": "inferator.dev/v1alpha1", "kind": "InferenceService",
+                              "metadata": {"name": "chat", "namespace": "team", "resourceVersion": "9"}})  # fmt: skip
+    view = informers.View.of({name: {} for name in informers.INDEX_NAMES})
+    assert view.service("team", "chat") is not None
+    event("DELETED", 1, 1)
+    assert view.service("team", "chat") is None
+
+
 def test_a_service_deleted_and_created_again_under_the_same_name_is_new(queue: Recorder) -> None:
     event(None, 1, 1)
     event("DELETED", 1, 1)

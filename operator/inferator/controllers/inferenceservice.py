@@ -407,6 +407,9 @@ async def service_changed(
     key = (namespace or "", name, meta.get("uid"))
     if type == "DELETED":
         _RESUMED.discard(key)
+        # Our last status write must not stand in for a deleted service (a queued poll would
+        # apply children for an owner that is gone).
+        informers.forget(f"{API_GROUP}/{API_VERSION}", KIND, namespace or "", name)
         return
     # kopf lists again whenever a watch has to restart from scratch (410 Gone after a quiet
     # spell, every few minutes): a listing resumes only the services this process has not
