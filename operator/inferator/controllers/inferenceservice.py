@@ -47,11 +47,11 @@ from inferator.render import inferenceservice as render
 from inferator.settings import OperatorSettings
 
 KIND = "InferenceService"
-OPTIONAL_CHILDREN = (
-    ("policy/v1", "PodDisruptionBudget"),
-    ("autoscaling/v2", "HorizontalPodAutoscaler"),
-    ("keda.sh/v1alpha1", "ScaledObject"),
-    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+# (apiVersion, kind) of the children a spec may stop asking for: found in the index, deleted.
+OPTIONAL_CHILDREN = tuple(
+    (f"{group}/{version}" if group else version, kind)
+    for group, version, _, kind, optional in informers.CHILD_RESOURCES
+    if optional
 )
 
 
@@ -448,7 +448,7 @@ async def child_changed(**kwargs: Any) -> None:
 
 
 # Every child kind: a hand edit of any of them is undone, a deleted one comes back.
-for _group, _version, _plural in informers.CHILD_RESOURCES:
+for _group, _version, _plural, _kind, _optional in informers.CHILD_RESOURCES:
     kopf.on.event(_group, _version, _plural, id="child_changed", labels={render.SERVICE_LABEL: kopf.PRESENT})(
         child_changed
     )

@@ -33,15 +33,16 @@ import kopf
 from inferator.api import API_GROUP, API_VERSION
 from inferator.render.inferenceservice import SERVICE_LABEL, WARMUP_ANNOTATION
 
-# Every kind an InferenceService renders (its required children and the optional ones).
+# Every kind an InferenceService renders: (group, version, plural, kind, optional). The
+# required children always exist; an optional one is deleted when the spec no longer asks for it.
 CHILD_RESOURCES = (
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("networking.k8s.io", "v1", "networkpolicies"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("keda.sh", "v1alpha1", "scaledobjects"),
-    ("monitoring.coreos.com", "v1", "servicemonitors"),
+    ("apps", "v1", "deployments", "Deployment", False),
+    ("", "v1", "services", "Service", False),
+    ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", False),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True),
+    ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True),
+    ("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject", True),
+    ("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor", True),
 )
 _OWN_WRITE_TTL_S = 60.0
 
@@ -157,7 +158,7 @@ async def inferator_children(body: kopf.Body, **_: Any) -> dict[ChildKey, str]:
 
 
 # One index fed by the watch of every child kind (one decorator per kind, one id).
-for _group, _version, _plural in CHILD_RESOURCES:
+for _group, _version, _plural, _kind, _optional in CHILD_RESOURCES:
     kopf.index(_group, _version, _plural, id="inferator_children", labels={SERVICE_LABEL: kopf.PRESENT})(
         inferator_children
     )
