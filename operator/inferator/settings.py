@@ -15,6 +15,8 @@ class OperatorSettings(BaseModel):
     """Read from INFERATOR_* environment variables; the chart sets them from values.yaml."""
 
     prefetch_image: str = f"{DEFAULT_REGISTRY}/inferator:{__version__}"
+    # The InferenceGateway's pods run `inferator gateway` from the same image by default.
+    gateway_image: str = f"{DEFAULT_REGISTRY}/inferator:{__version__}"
     engine_images: dict[str, str] = Field(
         default_factory=lambda: {
             "vllm": f"{DEFAULT_REGISTRY}/runtime-vllm:{__version__}",
@@ -43,6 +45,7 @@ class OperatorSettings(BaseModel):
             settings.prometheus_url = url
         if image := env.get("INFERATOR_PREFETCH_IMAGE"):
             settings.prefetch_image = image
+        settings.gateway_image = env.get("INFERATOR_GATEWAY_IMAGE") or settings.prefetch_image
         if allowed := env.get("INFERATOR_PREFETCH_IMAGES_ALLOWED"):
             settings.prefetch_images_allowed = [p.strip() for p in allowed.split(",") if p.strip()]
         for engine in list(settings.engine_images):

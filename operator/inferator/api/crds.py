@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from inferator.api.common import API_GROUP, API_VERSION
+from inferator.api.inferencegateway import InferenceGatewaySpec, InferenceGatewayStatus
 from inferator.api.inferenceservice import InferenceServiceSpec, InferenceServiceStatus
 from inferator.api.modelcache import ModelCacheSpec, ModelCacheStatus
 
@@ -89,6 +90,30 @@ KINDS: tuple[Kind, ...] = (
         ),
         scale=True,
         object_rules=(SERVICE_NAME_RULE,),
+    ),
+    Kind(
+        kind="InferenceGateway",
+        plural="inferencegateways",
+        singular="inferencegateway",
+        short_names=("infgw",),
+        spec=InferenceGatewaySpec,
+        status=InferenceGatewayStatus,
+        printer_columns=(
+            _ready_column(),
+            {"name": "Replicas", "type": "integer", "jsonPath": ".status.readyReplicas", "priority": 1},
+            {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ),
+        object_rules=(
+            {
+                **SERVICE_NAME_RULE,
+                "message": SERVICE_NAME_RULE["message"].replace("InferenceService", "InferenceGateway"),
+            },
+            {
+                "rule": "self.spec.keys.all(k, self.spec.keys.exists_one(j, j.id == k.id))",
+                "message": "spec.keys: every id must be unique (the audit log and quotas tell keys apart by id)",
+            },
+        ),
     ),
 )
 

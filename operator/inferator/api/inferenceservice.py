@@ -232,4 +232,7 @@ class InferenceServiceStatus(ApiModel):
         default=None, description="Label selector of the pods, for the scale subresource."
     )
     endpoint: str | None = None
+    served_model_name: str | None = Field(
+        default=None, description="The `model` clients send: what an InferenceGateway routes by."
+    )
     message: str | None = None

@@ -215,6 +215,7 @@ def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.V
     profile = selection.profile
     conds.set("ProfileSelected", "True", "ProfileSelected", selection.message)
     out |= {"profile": profile.name, "profileGeneration": generation, "task": profile.task,
+            "servedModelName": profile.served_model_name,
             "pool": selection.pool.key if selection.pool else None,
             "estimates": selection.estimates.to_k8s() if selection.estimates else None,
             "endpoint": render.endpoint(name, namespace, profile.port)}  # fmt: skip

@@ -15,7 +15,7 @@ from kopf._core.engines.peering import Identity  # kopf exports the type only un
 # Handlers that run on every watch event (indices, the queue's feeders, censuses): at 1,000
 # services their "succeeded" lines were thousands per second. Failures are still logged.
 _EVENT_HANDLER_SUCCESS = re.compile(
-    r"^(Handler|Indexer) '(inferator_\w+|service_changed|child_changed|cache_changed|census_\w+)' succeeded"
+    r"^(Handler|Indexer) '(inferator_\w+|service_changed|child_changed|cache_changed|census_\w+|gateway_\w+)' succeeded"
 )
 
 
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
     if not args.verbose:
         logging.getLogger("kopf.objects").addFilter(_quiet_watch_handlers)
     # Importing registers the handlers with kopf's default registry.
-    from inferator.controllers import inferenceservice, modelcache, settings  # noqa: F401
+    from inferator.controllers import inferencegateway, inferenceservice, modelcache, settings  # noqa: F401
 
     settings.METRICS_PORT["port"] = args.metrics_port
     liveness = f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -100,7 +101,7 @@ def _k8s() -> Any:
     return kubernetes
 
 
-def served_model(service: dict[str, Any]) -> str | None:
+def served_model(service: Mapping[str, Any]) -> str | None:
     """The name clients send as `model`: what the operator recorded, else the spec's pin."""
     status = service.get("status") or {}
     serving = (service.get("spec") or {}).get("serving") or {}
@@ -206,15 +207,15 @@ class ClusterCatalog:
             label_selector=selector, resource_version=version, allow_watch_bookmarks=True, timeout_seconds=300,
         )  # fmt: skip
         for event in stream:
+            if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
+                continue  # BOOKMARK (its object has no name), ERROR (the stream ends after it)
             obj = event["object"]
             name = obj["metadata"]["name"]
             with self._lock:
                 if event["type"] == "DELETED":
                     self._services.pop(name, None)
-                elif event["type"] in ("ADDED", "MODIFIED"):
-                    self._services[name] = obj
                 else:
-                    continue
+                    self._services[name] = obj
             self._rebuild("services")
 
     def _watch_pods(self, _selector: str) -> None:

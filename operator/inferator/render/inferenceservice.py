@@ -13,6 +13,7 @@ from inferator.render.templating import render_manifest
 from inferator.settings import OperatorSettings
 
 SERVICE_LABEL = "inferator.dev/inference-service"
+GATEWAY_LABEL = "inferator.dev/inference-gateway"
 READINESS_GATE = "inferator.dev/model-ready"
 AutoscalerKind = Literal["hpa", "keda"]
 
@@ -178,6 +179,8 @@ def _peers(inputs: ServingInputs) -> list[dict[str, Any]]:
     peers: list[dict[str, Any]] = [
         {"podSelector": {"matchLabels": net.allowed_pod_labels} if net.allowed_pod_labels else {}}
     ]
+    if net.allowed_pod_labels:  # an InferenceGateway's pods in the namespace authenticate their callers
+        peers.append({"podSelector": {"matchExpressions": [{"key": GATEWAY_LABEL, "operator": "Exists"}]}})
     namespaces = sorted({*net.allowed_namespaces, inputs.settings.operator_namespace})
     peers.append({"namespaceSelector": {"matchExpressions": [
         {"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}]}})  # fmt: skip

@@ -1,0 +1,209 @@
+"""InferenceGateway: render the gateway's objects, and say in status what it exposes.
+
+Gateways are few, so kopf's change handlers suit them (unlike InferenceServices, see
+inferenceservice.py). The models a gateway exposes are not rendered anywhere: its pods watch
+the services themselves. The operator only reports them in status, from its own watches of
+services and of the gateways' Deployments, writing only when something changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import kopf
+from kubernetes.client import ApiException
+from pydantic import ValidationError
+
+from inferator.api import API_GROUP, API_VERSION
+from inferator.api.common import CONDITION_STATUS
+from inferator.api.conditions import set_condition
+from inferator.api.inferencegateway import InferenceGatewaySpec, InferenceGatewayStatus
+from inferator.controllers import kube
+from inferator.controllers.modelcache import validation_message
+from inferator.controllers.redaction import scrub
+from inferator.controllers.status import changed_fields, now_rfc3339
+from inferator.gateway.discovery import served_model
+from inferator.render import inferencegateway as render
+from inferator.settings import OperatorSettings
+
+log = logging.getLogger("inferator.gateway.controller")
+PLURAL = "inferencegateways"
+KIND = "InferenceGateway"
+
+
+@kopf.index(API_GROUP, API_VERSION, PLURAL)
+async def inferator_gateways(body: kopf.Body, **_: Any) -> dict[str, str]:
+    """Gateways by namespace: whom a service's change concerns."""
+    return {body["metadata"].get("namespace") or "": json.dumps(_compact(body))}
+
+
+@kopf.index("apps", "v1", "deployments", labels={render.GATEWAY_LABEL: kopf.PRESENT})
+async def inferator_gateway_deployments(
+    body: kopf.Body, labels: kopf.Labels, **_: Any
+) -> dict[tuple[str, str], str]:
+    return {
+        (body["metadata"].get("namespace") or "", labels[render.GATEWAY_LABEL]): json.dumps(
+            dict(body.get("status") or {})
+        )
+    }
+
+
+def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation")},
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def selects(spec: Mapping[str, Any], service: Mapping[str, Any]) -> bool:
+    wanted = ((spec.get("selector") or {}).get("matchLabels")) or {}
+    labels = (service.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+def desired_status(
+    gateway: Mapping[str, Any],
+    services: Iterable[Mapping[str, Any]],
+    deployment_status: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The status a gateway should have: pure, from what the watches hold."""
+    meta = gateway["metadata"]
+    generation = int(meta.get("generation") or 0)
+    current = InferenceGatewayStatus.model_validate(gateway.get("status") or {})
+    out: dict[str, Any] = {"observedGeneration": generation}
+    now = now_rfc3339()
+    try:
+        spec = InferenceGatewaySpec.model_validate(gateway.get("spec") or {})
+    except ValidationError as exc:
+        conditions = set_condition(current.conditions, "Ready", "False", "InvalidSpec", validation_message(exc),
+                                   now=now, generation=generation)  # fmt: skip
+        return out | {"conditions": [c.to_k8s() for c in conditions]}
+    models, skipped = [], []
+    for service in services:
+        if not selects(gateway.get("spec") or {}, service):
+            continue
+        name = service["metadata"]["name"]
+        if ((service.get("spec") or {}).get("serving") or {}).get("apiKeySecret"):
+            skipped.append(name)
+            continue
+        model = served_model(service)
+        if model is None:
+            continue  # no profile selected yet: nothing to name
+        ready = int((service.get("status") or {}).get("readyReplicas") or 0) > 0
+        models.append({"model": model, "service": name, "ready": ready})
+    models.sort(key=lambda m: (m["model"], m["service"]))
+    dep = deployment_status or {}
+    ready_replicas = int(dep.get("readyReplicas") or 0)
+    out |= {
+        "endpoint": render.endpoint(meta["name"], meta.get("namespace") or "", spec.port),
+        "models": models,
+        "replicas": int(dep.get("replicas") or 0),
+        "readyReplicas": ready_replicas,
+    }
+    exposing = f"exposes {len(models)} model(s)" + (
+        f": {', '.join(m['model'] for m in models)}" if models else ""
+    )
+    note = (
+        f"; not exposed (they require their own API key, which the gateway does not hold): {', '.join(skipped)}"
+        if skipped
+        else ""
+    )
+    cond: tuple[CONDITION_STATUS, str, str]
+    if ready_replicas >= 1:
+        cond = ("True", "Ready", f"{ready_replicas}/{spec.replicas} gateway replicas ready; {exposing}{note}")
+    else:
+        cond = ("False", "Deploying", f"0/{spec.replicas} gateway replicas ready; {exposing}{note}")
+    conditions = set_condition(current.conditions, "Ready", *cond, now=now, generation=generation)
+    out["conditions"] = [c.to_k8s() for c in conditions]
+    return out
+
+
+def _services(kwargs: Mapping[str, Any], namespace: str) -> list[dict[str, Any]]:
+    index = kwargs["inferator_services"]
+    found = []
+    for (ns, _name), texts in list(index.items()):
+        if ns == namespace:
+            text = next(iter(list(texts)), None)
+            if text:
+                found.append(json.loads(text))
+    return found
+
+
+def _deployment_status(kwargs: Mapping[str, Any], namespace: str, name: str) -> dict[str, Any] | None:
+    text = next(iter(list(kwargs["inferator_gateway_deployments"].get((namespace, name), ()))), None)
+    return json.loads(text) if text else None
+
+
+def refresh(gateway: Mapping[str, Any], kwargs: Mapping[str, Any]) -> None:
+    """Write the gateway's status when it differs from what the watches say."""
+    meta = gateway["metadata"]
+    namespace, name = meta.get("namespace") or "", meta["name"]
+    desired = desired_status(
+        gateway, _services(kwargs, namespace), _deployment_status(kwargs, namespace, name)
+    )
+    changes = changed_fields(dict(gateway.get("status") or {}), desired)
+    if changes:
+        kube.patch_status(f"{API_GROUP}/{API_VERSION}", KIND, name, namespace, changes)
+
+
+@kopf.on.resume(API_GROUP, API_VERSION, PLURAL)
+@kopf.on.create(API_GROUP, API_VERSION, PLURAL)
+@kopf.on.update(API_GROUP, API_VERSION, PLURAL, field="spec")
+def gateway_changed(body: kopf.Body, **kwargs: Any) -> None:
+    """Apply every object of the gateway (server-side apply: unchanged ones cost no change)."""
+    apply_gateway(dict(body), kwargs)
+
+
+def apply_gateway(gateway: dict[str, Any], kwargs: Mapping[str, Any]) -> None:
+    name, namespace = gateway["metadata"]["name"], gateway["metadata"].get("namespace") or ""
+    try:
+        spec = InferenceGatewaySpec.model_validate(gateway.get("spec") or {})
+    except ValidationError:
+        refresh(gateway, kwargs)  # the condition says what is wrong; nothing to render
+        return
+    inputs = render.GatewayInputs(name=name, namespace=namespace, spec=spec,
+                                  image=OperatorSettings.from_env().gateway_image)  # fmt: skip
+    owner = kube.owner_reference(gateway)
+    try:
+        for obj in render.render(inputs):
+            obj["metadata"]["ownerReferences"] = [owner]
+            kube.apply(obj)
+    except ApiException as exc:
+        message = scrub(f"applying the gateway's objects failed: {exc.status} {exc.reason}: {exc.body}")[
+            :2000
+        ]
+        raise kopf.TemporaryError(message, delay=30) from exc
+    refresh(gateway, kwargs)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={render.GATEWAY_LABEL: kopf.PRESENT})
+def gateway_deployment_changed(
+    type: str | None, labels: kopf.Labels, namespace: str | None, **kwargs: Any
+) -> None:
+    """The gateway's pods came up or went away: Ready follows; a deleted Deployment comes back."""
+    if type is None:
+        return
+    for text in list(kwargs["inferator_gateways"].get(namespace or "", ())):
+        gateway = json.loads(text)
+        if gateway["metadata"]["name"] != labels[render.GATEWAY_LABEL]:
+            continue
+        if type == "DELETED":
+            apply_gateway(gateway, kwargs)
+        else:
+            refresh(gateway, kwargs)
+
+
+@kopf.on.event(API_GROUP, API_VERSION, "inferenceservices", id="gateway_services")
+def gateway_service_changed(type: str | None, namespace: str | None, **kwargs: Any) -> None:
+    """A service came, went, was selected or got its first ready replica: gateways report it."""
+    if type is None:
+        return
+    for text in list(kwargs["inferator_gateways"].get(namespace or "", ())):
+        refresh(json.loads(text), kwargs)
