@@ -22,6 +22,8 @@ def obj(
         return body
     conditions = [{"type": "Ready", "status": ready[0], "reason": ready[1], "message": "m"}] if ready else []
     body["status"] = {"observedGeneration": observed, "phase": phase, "conditions": conditions, **status}
+    if phase is None:  # a gateway has no phase
+        del body["status"]["phase"]
     return body
 
 
@@ -38,6 +40,10 @@ CASES = [
     ("svc-no-keda", obj("InferenceService", 1, 1, "Failed", ("False", "AutoscalerUnavailable")), "Degraded"),
     ("svc-refused", obj("InferenceService", 2, 2, "Degraded", ("False", "RuntimeRefused")), "Degraded"),
     ("svc-invalid", obj("InferenceService", 1, 1, "Failed", ("False", "InvalidSpec")), "Degraded"),
+    ("gw-ready", obj("InferenceGateway", 2, 2, None, ("True", "Ready")), "Healthy"),
+    ("gw-deploying", obj("InferenceGateway", 1, 1, None, ("False", "Deploying")), "Progressing"),
+    ("gw-invalid", obj("InferenceGateway", 1, 1, None, ("False", "InvalidSpec")), "Degraded"),
+    ("gw-stale-generation", obj("InferenceGateway", 3, 2, None, ("True", "Ready")), "Progressing"),
     ("cache-ready", obj("ModelCache", 1, 1, "Ready", ("True", "Prefetched")), "Healthy"),
     ("cache-downloading", obj("ModelCache", 1, 1, "Downloading", ("False", "Downloading"), progress={"bytesDone": 1, "bytesTotal": 2}), "Progressing"),
     ("cache-failed", obj("ModelCache", 2, 2, "Failed", ("False", "PrefetchFailed")), "Degraded"),
@@ -59,6 +65,7 @@ def test_messages_carry_the_reason_and_progress() -> None:
 
 def test_argocd_cm_keys() -> None:
     assert sorted(argocd_cm_data()) == [
+        "resource.customizations.health.inferator.dev_InferenceGateway",
         "resource.customizations.health.inferator.dev_InferenceService",
         "resource.customizations.health.inferator.dev_ModelCache",
     ]

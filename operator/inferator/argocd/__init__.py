@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-KINDS = ("InferenceService", "ModelCache")
+KINDS = ("InferenceGateway", "InferenceService", "ModelCache")
 
 
 def lua_source(kind: str) -> str:
@@ -17,7 +17,7 @@ def lua_source(kind: str) -> str:
 
 
 def argocd_cm_data() -> dict[str, str]:
-    """The `argocd-cm` data entries that install both health checks."""
+    """The `argocd-cm` data entries that install every health check."""
     return {f"resource.customizations.health.inferator.dev_{kind}": lua_source(kind) for kind in KINDS}
 
 
@@ -40,25 +40,15 @@ def health(obj: dict[str, Any]) -> dict[str, str]:
     import lupa.lua51 as lupa51
 
     lua = lupa51.LuaRuntime(unpack_returned_tuples=True)
-    to_lua = lua.eval(
-        """
-        function(convert)
-          local function walk(v)
-            if python.builtins.isinstance(v, python.builtins.dict) then
-              local t = {}
-              for k in python.iter(v) do t[k] = walk(v[k]) end
-              return t
-            elseif python.builtins.isinstance(v, python.builtins.list) then
-              local t = {}
-              for item in python.iter(v) do t[#t + 1] = walk(item) end
-              return t
-            end
-            return v
-          end
-          return walk(convert)
-        end
-        """
-    )
+    def to_lua(value: Any) -> Any:
+        # Tables built from Python (lupa's table_from), not walked from Lua: indexing a Python
+        # dict from Lua goes through lupa's attribute/item heuristics.
+        if isinstance(value, dict):
+            return lua.table_from({k: to_lua(v) for k, v in value.items() if v is not None})
+        if isinstance(value, list):
+            return lua.table_from([to_lua(v) for v in value])
+        return value
+
     sandboxed = lua.eval(
         """
         function(source, names)
