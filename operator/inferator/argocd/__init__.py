@@ -40,6 +40,7 @@ def health(obj: dict[str, Any]) -> dict[str, str]:
     import lupa.lua51 as lupa51
 
     lua = lupa51.LuaRuntime(unpack_returned_tuples=True)
+
     def to_lua(value: Any) -> Any:
         # Tables built from Python (lupa's table_from), not walked from Lua: indexing a Python
         # dict from Lua goes through lupa's attribute/item heuristics.
