@@ -137,3 +137,42 @@ def _models(client: openai.OpenAI, quiet: bool = False) -> list[str]:
         if not quiet:
             raise
         return []
+
+
+def test_an_httproute_appears_when_the_gateway_api_is_installed_and_the_api_server_accepts_it(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess, kubectl_json: Any
+) -> None:
+    """The route is validated by the Gateway API's own CRD schema (and its CEL rules)."""
+    from inferator.dev.toolchain import gateway_api_crds
+
+    objects = gateway(namespace, 8080)
+    objects[1]["spec"].pop("scheduling")  # no pod needs to run here: a simulated node will do
+    objects[1]["spec"]["httpRoute"] = {"parentRefs": [{"name": "shared", "namespace": "infra", "sectionName": "https"}],
+                                       "hostnames": ["llm.example.com"]}  # fmt: skip
+    cluster.apply(objects)
+
+    def routed() -> dict[str, Any] | None:
+        status = kubectl_json("infgw/front", "-n", namespace).get("status") or {}
+        return next((c for c in status.get("conditions", []) if c["type"] == "Routed"), None)
+
+    missing = wait_for(routed, timeout_s=60, what="Routed condition")
+    assert missing["status"] == "False" and missing["reason"] == "GatewayAPINotInstalled", missing
+    crds = gateway_api_crds()
+    try:
+        for crd in crds:
+            cluster.kubectl("apply", "--server-side", "-f", str(crd))
+        cluster.kubectl("wait", "--for=condition=Established", "crd/httproutes.gateway.networking.k8s.io",
+                        "--timeout=60s")  # fmt: skip
+        # No operator restart: it watches the CRD and renders the route when it is served.
+        wait_for(lambda: (r := routed()) and r["status"] == "True", timeout_s=90, what="Routed True")
+        route = kubectl_json("httproute/front-gateway", "-n", namespace)
+        ref = route["spec"]["parentRefs"][0]  # the API server adds its defaults (group, kind)
+        assert {k: ref.get(k) for k in ("name", "namespace", "sectionName")} == {
+            "name": "shared", "namespace": "infra", "sectionName": "https"}  # fmt: skip
+        assert route["spec"]["hostnames"] == ["llm.example.com"]
+        backend = route["spec"]["rules"][0]["backendRefs"][0]
+        assert (backend["name"], backend["port"]) == ("front-gateway", 8080)
+        assert route["metadata"]["ownerReferences"][0]["kind"] == "InferenceGateway"
+    finally:
+        for crd in crds:
+            cluster.kubectl("delete", "-f", str(crd), "--wait=true", check=False)

@@ -124,3 +124,29 @@ def test_status_lists_the_selected_models_and_readiness() -> None:
     down = desired_status({**gateway, "status": status}, services, None)
     assert down["conditions"][0]["status"] == "False" and down["conditions"][0]["reason"] == "Deploying"
     assert selects({}, services[2])  # no selector: every service in the namespace
+
+
+ROUTE = {
+    "parentRefs": [{"name": "shared", "namespace": "infra", "sectionName": "https"}],
+    "hostnames": ["llm.corp"],
+}
+
+
+def test_an_httproute_sends_v1_to_the_gateway_service_only_where_the_gateway_api_is_served() -> None:
+    spec = InferenceGatewaySpec.model_validate({**SPEC, "httpRoute": ROUTE})
+    served = render.render(render.GatewayInputs("gw", "ns", spec, "img", httproute_served=True))
+    route = next(o for o in served if o["kind"] == "HTTPRoute")
+    assert route["spec"]["parentRefs"] == ROUTE["parentRefs"] and route["spec"]["hostnames"] == ["llm.corp"]
+    rule = route["spec"]["rules"][0]
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/v1"}}]
+    assert rule["backendRefs"] == [{"name": "gw-gateway", "port": 8080}]
+    absent = render.render(render.GatewayInputs("gw", "ns", spec, "img", httproute_served=False))
+    assert "HTTPRoute" not in {o["kind"] for o in absent}
+    gateway = {
+        "metadata": {"name": "gw", "namespace": "ns", "generation": 1},
+        "spec": {**SPEC, "httpRoute": ROUTE},
+    }
+    missing = {c["type"]: c for c in desired_status(gateway, [], None, route_served=False)["conditions"]}
+    assert missing["Routed"]["reason"] == "GatewayAPINotInstalled"
+    routed = {c["type"]: c for c in desired_status(gateway, [], None, route_served=True)["conditions"]}
+    assert routed["Routed"]["status"] == "True" and "infra/shared/https" in routed["Routed"]["message"]

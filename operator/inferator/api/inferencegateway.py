@@ -46,6 +46,24 @@ class GatewayKey(ApiModel):
     )
 
 
+class ParentRef(ApiModel):
+    """A Gateway (Gateway API) the route attaches to, in its own words."""
+
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str | None = Field(
+        default=None, max_length=63, description="Defaults to the gateway's namespace."
+    )
+    section_name: str | None = Field(default=None, max_length=253, description="A listener of that Gateway.")
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+
+class HttpRoute(ApiModel):
+    """Expose the gateway through the cluster's Gateway API implementation (an HTTPRoute)."""
+
+    parent_refs: list[ParentRef] = Field(min_length=1, max_length=32)
+    hostnames: list[str] = Field(default_factory=list, max_length=16)
+
+
 class InferenceGatewaySpec(ApiModel):
     selector: ServiceSelector = Field(default_factory=ServiceSelector)
     keys: list[GatewayKey] = Field(
@@ -70,6 +88,10 @@ class InferenceGatewaySpec(ApiModel):
     resources: ResourceRequirements | None = None
     scheduling: Scheduling | None = Field(
         default=None, description="Where the gateway's pods run (no GPU needed)."
+    )
+    http_route: HttpRoute | None = Field(
+        default=None,
+        description="Also render an HTTPRoute to the gateway's Service (needs the Gateway API CRDs).",
     )
 
     @field_validator("keys")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -68,10 +69,18 @@ def selects(spec: Mapping[str, Any], service: Mapping[str, Any]) -> bool:
     return all(labels.get(k) == v for k, v in wanted.items())
 
 
+HTTPROUTE = ("gateway.networking.k8s.io/v1", "HTTPRoute")
+
+
+def httproute_served() -> bool:
+    return HTTPROUTE[1] in kube.served_kinds(HTTPROUTE[0])
+
+
 def desired_status(
     gateway: Mapping[str, Any],
     services: Iterable[Mapping[str, Any]],
     deployment_status: Mapping[str, Any] | None,
+    route_served: bool = False,
 ) -> dict[str, Any]:
     """The status a gateway should have: pure, from what the watches hold."""
     meta = gateway["metadata"]
@@ -121,6 +130,20 @@ def desired_status(
     else:
         cond = ("False", "Deploying", f"0/{spec.replicas} gateway replicas ready; {exposing}{note}")
     conditions = set_condition(current.conditions, "Ready", *cond, now=now, generation=generation)
+    if spec.http_route is not None:
+        parents = ", ".join(
+            f"{p.namespace or meta.get('namespace')}/{p.name}"
+            + (f"/{p.section_name}" if p.section_name else "")
+            for p in spec.http_route.parent_refs
+        )
+        routed: tuple[CONDITION_STATUS, str, str] = (
+            ("True", "HTTPRouteApplied", f"HTTPRoute {render.child_name(meta['name'])} attaches /v1 to {parents}")
+            if route_served
+            else ("False", "GatewayAPINotInstalled",
+                  "spec.httpRoute is set but the cluster serves no gateway.networking.k8s.io/v1 HTTPRoute: "
+                  "install the Gateway API CRDs (and an implementation); the gateway's Service works without it")
+        )  # fmt: skip
+        conditions = set_condition(conditions, "Routed", *routed, now=now, generation=generation)
     out["conditions"] = [c.to_k8s() for c in conditions]
     return out
 
@@ -145,8 +168,12 @@ def refresh(gateway: Mapping[str, Any], kwargs: Mapping[str, Any]) -> None:
     """Write the gateway's status when it differs from what the watches say."""
     meta = gateway["metadata"]
     namespace, name = meta.get("namespace") or "", meta["name"]
+    routed = bool((gateway.get("spec") or {}).get("httpRoute")) and httproute_served()
     desired = desired_status(
-        gateway, _services(kwargs, namespace), _deployment_status(kwargs, namespace, name)
+        gateway,
+        _services(kwargs, namespace),
+        _deployment_status(kwargs, namespace, name),
+        route_served=routed,
     )
     changes = changed_fields(dict(gateway.get("status") or {}), desired)
     if changes:
@@ -169,7 +196,8 @@ def apply_gateway(gateway: dict[str, Any], kwargs: Mapping[str, Any]) -> None:
         refresh(gateway, kwargs)  # the condition says what is wrong; nothing to render
         return
     inputs = render.GatewayInputs(name=name, namespace=namespace, spec=spec,
-                                  image=OperatorSettings.from_env().gateway_image)  # fmt: skip
+                                  image=OperatorSettings.from_env().gateway_image,
+                                  httproute_served=spec.http_route is not None and httproute_served())  # fmt: skip
     owner = kube.owner_reference(gateway)
     try:
         for obj in render.render(inputs):
@@ -198,6 +226,32 @@ def gateway_deployment_changed(
             apply_gateway(gateway, kwargs)
         else:
             refresh(gateway, kwargs)
+
+
+HTTPROUTE_CRD = "httproutes.gateway.networking.k8s.io"
+
+
+@kopf.on.event("apiextensions.k8s.io", "v1", "customresourcedefinitions",
+               when=lambda name, **_: name == HTTPROUTE_CRD)  # fmt: skip
+def gateway_api_changed(type: str | None, body: kopf.Body, **kwargs: Any) -> None:
+    """The Gateway API was installed (or removed): gateways that ask for an HTTPRoute get one now."""
+    if type is None:
+        return  # the initial listing: the gateways' own resume renders them
+    conditions = (body.get("status") or {}).get("conditions") or []
+    established = any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
+    # Discovery lists a CRD's kind a moment after it is Established: wait for it (a rare event).
+    for _ in range(40 if established and type != "DELETED" else 1):
+        kube.forget_served_kinds(HTTPROUTE[0])
+        if httproute_served():
+            break
+        time.sleep(0.5)
+    log.info("Gateway API HTTPRoute %s: re-applying gateways that ask for a route",
+             "served" if httproute_served() else "not served")  # fmt: skip
+    for texts in list(kwargs["inferator_gateways"].values()):
+        for text in list(texts):
+            gateway = json.loads(text)
+            if (gateway.get("spec") or {}).get("httpRoute"):
+                apply_gateway(gateway, kwargs)
 
 
 @kopf.on.event(API_GROUP, API_VERSION, "inferenceservices", id="gateway_services")

@@ -75,6 +75,11 @@ def served_kinds(api_version: str) -> frozenset[str]:
     return kinds
 
 
+def forget_served_kinds(api_version: str) -> None:
+    """Drop the cached discovery of a group version (its CRD was just installed or removed)."""
+    _group_versions.pop(api_version, None)
+
+
 def _path(api_version: str, kind: str, namespace: str | None, name: str | None = None, sub: str = "") -> str:
     if (api_version, kind) not in _resources:
         _discover(api_version)

@@ -27,6 +27,10 @@ KUBE_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.7.3"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.21.4"
+# The Gateway API's CRDs (standard channel), for rendered HTTPRoutes to be validated by a real
+# API server: YAML from the module's zip on the proxy, nothing to build.
+GATEWAY_API_VERSION = "v1.6.3"
+GATEWAY_API_CRDS = ("gatewayclasses", "gateways", "httproutes", "referencegrants")
 
 GOPROXY_URL = os.environ.get("GOPROXY", "https://proxy.golang.org").split(",")[0]
 
@@ -66,7 +70,12 @@ ETCD = Component("etcd", ETCD_VERSION, ("etcd",))
 KWOK = Component("kwok", KWOK_VERSION, ("kwok",))
 # The "-2" marks a change to how Helm is built (its ldflags): a new key, so caches rebuild it.
 HELM = Component("helm", HELM_VERSION + "-2", ("helm",))
-ALL = (ETCD, KUBE, KWOK, HELM)
+GATEWAY_API = Component(
+    "gateway-api",
+    GATEWAY_API_VERSION,
+    tuple(f"gateway.networking.k8s.io_{name}.yaml" for name in GATEWAY_API_CRDS),
+)
+ALL = (ETCD, KUBE, KWOK, HELM, GATEWAY_API)
 
 
 def binary(name: str) -> Path:
@@ -198,7 +207,34 @@ def build_helm() -> None:
     _build(HELM, go_mod, {"helm": "helm.sh/helm/v3/cmd/helm"}, ldflags)
 
 
-BUILDERS = {"etcd": build_etcd, "kubernetes": build_kubernetes, "kwok": build_kwok, "helm": build_helm}
+def fetch_gateway_api() -> None:
+    """The standard-channel CRDs out of sigs.k8s.io/gateway-api's module zip."""
+    if GATEWAY_API.is_built():
+        return
+    import io
+    import zipfile
+
+    url = f"{GOPROXY_URL}/sigs.k8s.io/gateway-api/@v/{GATEWAY_API_VERSION}.zip"
+    with urllib.request.urlopen(url, timeout=300) as response:  # noqa: S310 (fixed https URL)
+        archive = zipfile.ZipFile(io.BytesIO(response.read()))
+    prefix = f"sigs.k8s.io/gateway-api@{GATEWAY_API_VERSION}/config/crd/standard/"
+    GATEWAY_API.directory.mkdir(parents=True, exist_ok=True)
+    for name in GATEWAY_API.binaries:
+        (GATEWAY_API.directory / name).write_bytes(archive.read(prefix + name))
+    (GATEWAY_API.directory / ".complete").write_text(GATEWAY_API_VERSION + "\n")
+
+
+def gateway_api_crds() -> list[Path]:
+    """The Gateway API CRD files (raises if never fetched)."""
+    if not GATEWAY_API.is_built():
+        raise FileNotFoundError(
+            f"Gateway API {GATEWAY_API_VERSION} CRDs are not fetched; run `inferator dev build`"
+        )
+    return [GATEWAY_API.directory / name for name in GATEWAY_API.binaries]
+
+
+BUILDERS = {"etcd": build_etcd, "kubernetes": build_kubernetes, "kwok": build_kwok, "helm": build_helm,
+            "gateway-api": fetch_gateway_api}  # fmt: skip
 
 
 def build_all(only: list[str] | None = None) -> None:

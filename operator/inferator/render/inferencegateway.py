@@ -29,6 +29,7 @@ class GatewayInputs:
     namespace: str
     spec: InferenceGatewaySpec
     image: str
+    httproute_served: bool = False  # the cluster serves gateway.networking.k8s.io/v1 HTTPRoute
 
 
 def labels(name: str) -> dict[str, str]:
@@ -100,9 +101,13 @@ def render(inputs: GatewayInputs) -> list[dict[str, Any]]:
         "resources": inputs.spec.resources.to_k8s() if inputs.spec.resources else None,
         "scheduling": inputs.spec.scheduling.to_k8s() if inputs.spec.scheduling else {},
     }
-    return [
+    objects = [
         *render_manifests("gateway-rbac.yaml.j2", **context),
         render_manifest("gateway-configmap.yaml.j2", **context),
         render_manifest("gateway-deployment.yaml.j2", **context),
         render_manifest("gateway-service.yaml.j2", **context),
     ]
+    route = inputs.spec.http_route
+    if route is not None and inputs.httproute_served:
+        objects.append(render_manifest("gateway-httproute.yaml.j2", **context, route=route.to_k8s()))
+    return objects
