@@ -108,7 +108,7 @@ def test_a_gateway_authenticates_routes_streams_and_holds_requests_while_a_servi
     deployment = kubectl_json(f"deployment/{SERVED}", "-n", namespace)
     assert deployment["spec"]["replicas"] == 1  # the gateway moved it from 0 to 1, no further
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    assert f'inferator_gateway_held_requests{{model="{SERVED}"}} 0.0' in metrics
+    assert f'inferator_gateway_held_requests{{model="{SERVED}",service="{SERVED}"}} 0.0' in metrics
     ok = [
         line
         for line in metrics.splitlines()

@@ -150,3 +150,17 @@ def test_an_httproute_sends_v1_to_the_gateway_service_only_where_the_gateway_api
     assert missing["Routed"]["reason"] == "GatewayAPINotInstalled"
     routed = {c["type"]: c for c in desired_status(gateway, [], None, route_served=True)["conditions"]}
     assert routed["Routed"]["status"] == "True" and "infra/shared/https" in routed["Routed"]["message"]
+
+
+def test_a_servicemonitor_scrapes_the_gateway_where_the_prometheus_operator_is_installed() -> None:
+    spec = InferenceGatewaySpec.model_validate(SPEC)
+    kinds = {
+        o["kind"]: o
+        for o in render.render(render.GatewayInputs("gw", "ns", spec, "img", servicemonitor_served=True))
+    }
+    monitor = kinds["ServiceMonitor"]["spec"]
+    assert monitor["selector"]["matchLabels"] == kinds["Service"]["spec"]["selector"]
+    assert monitor["endpoints"][0]["port"] == kinds["Service"]["spec"]["ports"][0]["name"]
+    assert "ServiceMonitor" not in {
+        o["kind"] for o in render.render(render.GatewayInputs("gw", "ns", spec, "img"))
+    }

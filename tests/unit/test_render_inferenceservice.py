@@ -125,6 +125,17 @@ def test_keda_scaled_object_when_installed_and_for_scale_to_zero(spec: dict[str,
     query = scaled["triggers"][0]["metadata"]["query"]
     assert query == 'sum(vllm:kv_cache_usage_perc{namespace="team-a",model_name="llama"})'
     assert scaled["triggers"][0]["metadata"]["threshold"] == "0.8"
+    names = [t.get("name") for t in scaled["triggers"][1:]]
+    # At zero, a gateway's held and in-flight requests keep KEDA active (only activation: the
+    # threshold is out of reach, the engine's signal sizes the service).
+    assert names == (["gateway-requests"] if spec["minReplicas"] == 0 else [])
+    if names:
+        gateway = scaled["triggers"][1]["metadata"]
+        assert 'inferator_gateway_held_requests{namespace="team-a",service="' in gateway["query"]
+        assert (
+            "inferator_gateway_in_flight_requests" in gateway["query"]
+            and gateway["activationThreshold"] == "0"
+        )
 
 
 def test_auto_without_keda_falls_back_to_an_hpa_on_the_same_signal() -> None:

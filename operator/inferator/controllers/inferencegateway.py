@@ -197,7 +197,8 @@ def apply_gateway(gateway: dict[str, Any], kwargs: Mapping[str, Any]) -> None:
         return
     inputs = render.GatewayInputs(name=name, namespace=namespace, spec=spec,
                                   image=OperatorSettings.from_env().gateway_image,
-                                  httproute_served=spec.http_route is not None and httproute_served())  # fmt: skip
+                                  httproute_served=spec.http_route is not None and httproute_served(),
+                                  servicemonitor_served="ServiceMonitor" in kube.served_kinds("monitoring.coreos.com/v1"))  # fmt: skip
     owner = kube.owner_reference(gateway)
     try:
         for obj in render.render(inputs):

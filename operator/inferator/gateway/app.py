@@ -58,11 +58,11 @@ class Metrics:
         )  # fmt: skip
         self.held = Gauge(
             "inferator_gateway_held_requests", "Requests waiting for a ready replica of their model.",
-            ["model"], registry=self.registry,
+            ["model", "service"], registry=self.registry,
         )  # fmt: skip
         self.in_flight = Gauge(
             "inferator_gateway_in_flight_requests", "Requests being answered by a backend.",
-            ["model"], registry=self.registry,
+            ["model", "service"], registry=self.registry,
         )  # fmt: skip
 
 
@@ -194,7 +194,7 @@ class Gateway:
             return route
         started = time.monotonic()
         deadline = started + self.config.hold_seconds
-        gauge = self.metrics.held.labels(route.model)
+        gauge = self.metrics.held.labels(route.model, route.service)
         gauge.inc()
         try:
             while True:
@@ -220,7 +220,7 @@ class Gateway:
         ex.upstream = upstream
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         headers["Content-Type"] = "application/json"
-        in_flight = self.metrics.in_flight.labels(route.model)
+        in_flight = self.metrics.in_flight.labels(route.model, route.service)
         self.router.in_flight[upstream] += 1
         in_flight.inc()
         try:

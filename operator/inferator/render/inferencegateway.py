@@ -30,6 +30,7 @@ class GatewayInputs:
     spec: InferenceGatewaySpec
     image: str
     httproute_served: bool = False  # the cluster serves gateway.networking.k8s.io/v1 HTTPRoute
+    servicemonitor_served: bool = False  # the Prometheus Operator's ServiceMonitor CRD is served
 
 
 def labels(name: str) -> dict[str, str]:
@@ -107,6 +108,8 @@ def render(inputs: GatewayInputs) -> list[dict[str, Any]]:
         render_manifest("gateway-deployment.yaml.j2", **context),
         render_manifest("gateway-service.yaml.j2", **context),
     ]
+    if inputs.servicemonitor_served:
+        objects.append(render_manifest("gateway-servicemonitor.yaml.j2", **context))
     route = inputs.spec.http_route
     if route is not None and inputs.httproute_served:
         objects.append(render_manifest("gateway-httproute.yaml.j2", **context, route=route.to_k8s()))

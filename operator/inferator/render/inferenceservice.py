@@ -174,6 +174,20 @@ def _keda_trigger(
             "query": query, "threshold": str(autoscaling.target)}}  # fmt: skip
 
 
+def gateway_trigger(inputs: ServingInputs) -> dict[str, Any]:
+    """Keeps a service that may scale to zero up while an InferenceGateway holds or serves its
+    requests, and wakes it from zero on KEDA's next poll (the gateway itself also moves it 0 -> 1
+    at once). Without it KEDA would see only the engine's queue, empty on a replica still
+    loading, and could scale that replica away again. The threshold is out of reach on purpose:
+    this trigger only activates; the engine's signal decides how many replicas."""
+    where = f'namespace="{inputs.namespace}",service="{inputs.name}"'
+    query = (f"(sum(inferator_gateway_held_requests{{{where}}}) or vector(0))"
+             f" + (sum(inferator_gateway_in_flight_requests{{{where}}}) or vector(0))")  # fmt: skip
+    return {"type": "prometheus", "name": "gateway-requests",
+            "metadata": {"serverAddress": inputs.settings.prometheus_url, "query": query,
+                         "threshold": "1000000", "activationThreshold": "0"}}  # fmt: skip
+
+
 def _peers(inputs: ServingInputs) -> list[dict[str, Any]]:
     net = inputs.spec.networking
     peers: list[dict[str, Any]] = [
@@ -304,11 +318,13 @@ def render_children(inputs: ServingInputs) -> list[dict[str, Any]]:
                 "ScaledObject CRD (keda.sh/v1alpha1): install KEDA, or set autoscaling.backend: hpa "
                 "with minReplicas >= 1"
             )
-        trigger = _keda_trigger(
-            inputs, spec.autoscaling, profile.engine, profile.served_model_name, profile.task
-        )
+        triggers = [
+            _keda_trigger(inputs, spec.autoscaling, profile.engine, profile.served_model_name, profile.task)
+        ]
+        if spec.autoscaling.min_replicas == 0:
+            triggers.append(gateway_trigger(inputs))
         objects.append(render_manifest("serving-scaledobject.yaml.j2", **common, autoscaling=spec.autoscaling,
-                                       trigger=trigger))  # fmt: skip
+                                       triggers=triggers))  # fmt: skip
     if inputs.servicemonitor_installed:
         objects.append(
             render_manifest("serving-servicemonitor.yaml.j2", **common, metrics_path=profile.metrics_path)
