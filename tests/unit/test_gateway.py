@@ -362,3 +362,19 @@ def test_keys_are_reread_when_their_file_changes_and_quotas_turn_with_the_window
     quotas.charge(policy, 50, now=120.0)
     assert quotas.retry_after(policy, now=130.0) == 50
     assert quotas.retry_after(policy, now=180.0) is None  # a new minute
+
+
+def test_readiness_waits_for_the_first_listing_and_liveness_does_not(tmp_path: Path) -> None:
+    import threading
+
+    class Listing(StaticCatalog):
+        synced = threading.Event()
+
+    async def scenario() -> None:
+        async with bed(tmp_path, catalog=lambda c, _u: Listing(c)) as b:
+            assert (await b.http.get(b.url + "/healthz")).status == 503
+            assert (await b.http.get(b.url + "/livez")).status == 200
+            Listing.synced.set()
+            assert (await b.http.get(b.url + "/healthz")).status == 200
+
+    run(scenario)

@@ -97,6 +97,7 @@ class Gateway:
         app = web.Application(client_max_size=self.config.max_body_bytes)
         app.router.add_get("/v1/models", self.list_models)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/livez", self.livez)
         app.router.add_get("/metrics", self.prometheus)
         app.router.add_post("/v1/{path:.+}", self.proxy)
         for path in ("/rerank", "/score", "/classify", "/pooling"):  # vLLM's non-/v1 pooling routes
@@ -120,7 +121,15 @@ class Gateway:
             await self.session.close()
 
     # -- small endpoints --------------------------------------------------------------------
+    async def livez(self, _request: web.Request) -> web.Response:
+        return web.Response(text="ok")  # the event loop answers: restarting would not help more
+
     async def healthz(self, _request: web.Request) -> web.Response:
+        """Ready once the watches have listed services and pods: before that every model would
+        look absent (404) instead of held."""
+        synced = getattr(self.catalog, "synced", None)
+        if synced is not None and not synced.is_set():
+            return web.Response(status=503, text="listing services and pods")
         return web.Response(text="ok")
 
     async def prometheus(self, _request: web.Request) -> web.Response:
