@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -12,6 +13,17 @@ from aiohttp import web
 from inferator.gateway import config as gateway_config
 from inferator.gateway.app import Gateway
 from inferator.gateway.discovery import Catalog, ClusterCatalog, StaticCatalog
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where installed (the gateway image has it): the event loop and socket transports
+    are most of a proxied request's CPU, and uvloop's are several times cheaper."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
 
 
 def main(argv: list[str]) -> int:
@@ -32,8 +44,9 @@ def main(argv: list[str]) -> int:
         cluster.start()
         catalog = cluster
     gateway = Gateway(config, catalog)
+    loop = _event_loop()
     # handler_cancellation: a client that hangs up cancels its handler, which closes the upstream
     # connection, so the engine stops generating (aiohttp leaves handlers running by default).
     web.run_app(gateway.app(), host=args.host, port=args.port, handler_cancellation=True, access_log=None,
-                print=None)  # fmt: skip
+                print=None, loop=loop)  # fmt: skip
     return 0
