@@ -57,7 +57,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import random
 import re
 import shlex
@@ -80,6 +79,7 @@ import aiohttp
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # the runtime tests' server set-up lives with the tests
 
+from bench_gateway import machine  # noqa: E402  (bench/ is on sys.path: this file's directory)
 from tests.runtime.conftest import (  # noqa: E402
     SERVED_MODEL_NAME,
     START_BUDGET_S,
@@ -88,7 +88,7 @@ from tests.runtime.conftest import (  # noqa: E402
     free_port,
 )
 
-from inferator.dev.tiny_model import MAX_POSITIONS, vllm_python, write_tiny_llama  # noqa: E402
+from inferator.dev.tiny_model import MAX_POSITIONS, pseudo_word, vllm_python, write_tiny_llama  # noqa: E402
 from inferator.gateway.routing import Router, prompt_prefix  # noqa: E402
 
 API_KEY = "sk-inferator-bench-prefix-0123456789"
@@ -384,33 +384,7 @@ class Item:
 
 def _words(rng: random.Random, count: int) -> str:
     """Pseudo-English in the tiny tokenizer's syllables, so it tokenizes like its training corpus."""
-    onsets = [
-        "",
-        "b",
-        "c",
-        "d",
-        "f",
-        "g",
-        "h",
-        "l",
-        "m",
-        "n",
-        "p",
-        "r",
-        "s",
-        "t",
-        "v",
-        "st",
-        "tr",
-        "ch",
-        "sh",
-    ]
-    vowels = ["a", "e", "i", "o", "u", "ai", "ea", "ou"]
-    codas = ["", "", "n", "r", "s", "t", "l", "nd", "ng"]
-    words = [
-        "".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(rng.randint(1, 3)))
-        for _ in range(count)
-    ]
+    words = [pseudo_word(rng) for _ in range(count)]
     sentences = [" ".join(words[i : i + 12]).capitalize() + "." for i in range(0, len(words), 12)]
     return " ".join(sentences)
 
@@ -658,26 +632,6 @@ def run_policy(
 
 
 # --------------------------------------------------------------------------- report
-
-
-def machine() -> dict[str, str]:
-    model = "?"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    mem_kib = next(
-        int(line.split()[1])
-        for line in Path("/proc/meminfo").read_text().splitlines()
-        if line.startswith("MemTotal:")
-    )
-    return {
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "memory": f"{mem_kib / 1024 / 1024:.1f} GiB",
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-    }
 
 
 def _ms(seconds: float) -> str:

@@ -88,38 +88,25 @@ def write_manifest(directory: Path, source: str) -> None:
     target.write_text(manifest.model_dump_json(by_alias=True, exclude_none=True, indent=2))
 
 
+# Syllables of the pseudo-English the tiny tokenizer is trained on (and benchmarks write).
+ONSETS = ("", "b", "c", "d", "f", "g", "h", "l", "m", "n", "p", "r", "s", "t", "v", "st", "tr", "ch", "sh")
+VOWELS = ("a", "e", "i", "o", "u", "ai", "ea", "ou")
+CODAS = ("", "", "n", "r", "s", "t", "l", "nd", "ng")
+
+
+def pseudo_word(rng: Any) -> str:
+    """One word of one to three syllables, drawn from `rng` (a random.Random)."""
+    return "".join(
+        rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(rng.randint(1, 3))
+    )
+
+
 def _corpus(words: int = 30_000) -> list[str]:
     """Deterministic pseudo-English: enough distinct syllable pairs for a 1000-token BPE vocabulary."""
     import random
 
     rng = random.Random(0)
-    onsets = [
-        "",
-        "b",
-        "c",
-        "d",
-        "f",
-        "g",
-        "h",
-        "l",
-        "m",
-        "n",
-        "p",
-        "r",
-        "s",
-        "t",
-        "v",
-        "st",
-        "tr",
-        "ch",
-        "sh",
-    ]
-    vowels = ["a", "e", "i", "o", "u", "ai", "ea", "ou"]
-    codas = ["", "", "n", "r", "s", "t", "l", "nd", "ng"]
-    vocabulary = [
-        "".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas) for _ in range(rng.randint(1, 3)))
-        for _ in range(3000)
-    ]
+    vocabulary = [pseudo_word(rng) for _ in range(3000)]
     lines, line = [], []
     for _ in range(words):
         line.append(rng.choice(vocabulary))
