@@ -378,3 +378,17 @@ def test_readiness_waits_for_the_first_listing_and_liveness_does_not(tmp_path: P
             assert (await b.http.get(b.url + "/healthz")).status == 200
 
     run(scenario)
+
+
+def test_rerank_is_routed_by_model_on_both_of_vllms_paths_and_counted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with bed(tmp_path) as b:
+            for path in ("/v1/rerank", "/rerank"):
+                answer = await b.post(path, {"model": "embedder", "query": "q", "documents": ["a", "b"]}, key=BOB)
+                assert answer.status == 200
+                assert [r["index"] for r in (await answer.json())["results"]] == [0, 1]
+            assert [line["path"] for line in b.lines()] == ["/v1/rerank", "/rerank"]
+            metrics = await (await b.http.get(b.url + "/metrics")).text()
+            assert 'inferator_gateway_requests_total{code="200",key="bob",model="embedder"} 2.0' in metrics
+
+    run(scenario)

@@ -38,6 +38,7 @@ class FakeEngine:
             app.router.add_post(path, self.generate)
         app.router.add_post("/v1/embeddings", self.embed)
         app.router.add_post("/v1/rerank", self.rerank)
+        app.router.add_post("/rerank", self.rerank)
         return app
 
     async def health(self, _request: web.Request) -> web.Response:
