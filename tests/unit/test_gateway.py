@@ -384,7 +384,9 @@ def test_rerank_is_routed_by_model_on_both_of_vllms_paths_and_counted(tmp_path: 
     async def scenario() -> None:
         async with bed(tmp_path) as b:
             for path in ("/v1/rerank", "/rerank"):
-                answer = await b.post(path, {"model": "embedder", "query": "q", "documents": ["a", "b"]}, key=BOB)
+                answer = await b.post(
+                    path, {"model": "embedder", "query": "q", "documents": ["a", "b"]}, key=BOB
+                )
                 assert answer.status == 200
                 assert [r["index"] for r in (await answer.json())["results"]] == [0, 1]
             assert [line["path"] for line in b.lines()] == ["/v1/rerank", "/rerank"]
