@@ -62,3 +62,19 @@ def test_metrics_expose_the_queue_length_per_model(vllm_server: VllmServer) -> N
     metrics = vllm_server.get("/metrics").decode()
     waiting = [line for line in metrics.splitlines() if line.startswith("vllm:num_requests_waiting{")]
     assert any(f'model_name="{vllm_server.served_model_name}"' in line for line in waiting), waiting
+
+
+def test_every_engine_metric_on_the_grafana_dashboard_is_exported(vllm_server: VllmServer) -> None:
+    """The chart's dashboard queries these names; a renamed vLLM metric shows here, not as an empty panel."""
+    from tests.unit.test_dashboard import vllm_metrics_in_dashboard
+
+    vllm_server.post(
+        "/v1/completions", {"model": vllm_server.served_model_name, "prompt": "hi", "max_tokens": 2}
+    )  # histograms and counters get their samples
+    exposed = {
+        line.split("{")[0].split(" ")[0]
+        for line in vllm_server.get("/metrics").decode().splitlines()
+        if line and not line.startswith("#")
+    }
+    wanted = vllm_metrics_in_dashboard()
+    assert wanted and wanted <= exposed, sorted(wanted - exposed)

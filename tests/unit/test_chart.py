@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,15 @@ def test_engine_images_reach_the_operator() -> None:
     deploy = next(d for d in rendered("engineImages.vllm=registry.local/vllm:1") if d["kind"] == "Deployment")
     env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["INFERATOR_IMAGE_VLLM"] == "registry.local/vllm:1"
+
+
+def test_the_grafana_dashboard_ships_in_a_configmap_the_sidecar_loads() -> None:
+    dashboard = next(
+        d for d in rendered() if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")
+    )
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads(dashboard["data"]["inferator.json"])
+    assert shipped == json.loads((CHART / "dashboards" / "inferator.json").read_text())
+    assert not [
+        d for d in rendered("grafana.dashboard.enabled=false") if d["metadata"]["name"].endswith("-dashboard")
+    ]
