@@ -1,35 +1,33 @@
 """Autoscaling in the local control plane: the real HPA controller acting on a rendered HPA, the
-scale subresource, and a ScaledObject instead of an HPA once KEDA's CRD is served."""
+scale subresource, and real KEDA (its operator built from the module proxy) acting on the
+rendered ScaledObjects: scale to zero when idle, and from zero when a gateway holds requests.
+
+KEDA's Prometheus scaler needs a Prometheus; there is none in the test bed, so a small HTTP
+server answers its one call (GET /api/v1/query) with the values a test sets. That is the only
+stand-in: the CRDs, the KEDA operator, the Deployment controller and the scheduler are real."""
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from inferator.dev.cluster import LocalCluster
 from inferator.dev.custom_metrics import CustomMetricsApi
+from inferator.dev.keda import KedaOperator
 from tests.cluster.conftest import OperatorProcess, wait_for
 from tests.cluster.test_inferenceservice_controller import LLAMA_8B, ready_cache, service
 
 pytestmark = pytest.mark.cluster
 QUEUE_METRIC = "vllm_num_requests_waiting"  # vllm:num_requests_waiting as an adapter exposes it
-# A stand-in for KEDA's CRD: the group, kind and an open schema; no KEDA controller runs.
-SCALEDOBJECT_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "scaledobjects.keda.sh"},
-    "spec": {
-        "group": "keda.sh",
-        "names": {"kind": "ScaledObject", "listKind": "ScaledObjectList", "plural": "scaledobjects",
-                  "singular": "scaledobject", "shortNames": ["so"]},
-        "scope": "Namespaced",
-        "versions": [{"name": "v1alpha1", "served": True, "storage": True, "subresources": {"status": {}},
-                      "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
-    },
-}  # fmt: skip
 
 
 def replicas_of(kubectl_json: Any, namespace: str, name: str) -> int | None:
@@ -90,27 +88,81 @@ def test_kubectl_scale_goes_through_the_scale_subresource_to_the_deployment(
     assert kubectl_json("pdb/chat", "-n", namespace, "--ignore-not-found"), "two replicas get a PDB"
 
 
+@dataclass
+class PrometheusQueries:
+    """Answers KEDA's instant queries: `gateway` for the gateway-requests trigger, `engine` otherwise."""
+
+    engine: float = 0.0
+    gateway: float = 0.0
+    seen: list[str] = field(default_factory=list)
+
+    def value(self, query: str) -> float:
+        self.seen.append(query)
+        return self.gateway if "inferator_gateway_" in query else self.engine
+
+
 @pytest.fixture
-def keda_operator(cluster: LocalCluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
-    """KEDA's CRD served before the operator starts (it reads discovery at reconcile time, cached)."""
-    cluster.apply([SCALEDOBJECT_CRD])
-    cluster.kubectl("wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s")
+def prometheus() -> Iterator[tuple[str, PrometheusQueries]]:
+    values = PrometheusQueries()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            query = parse_qs(urlparse(self.path).query).get("query", [""])[0]
+            body = {"status": "success", "data": {"resultType": "vector",
+                    "result": [{"metric": {}, "value": [time.time(), str(values.value(query))]}]}}  # fmt: skip
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", values
+    finally:
+        server.shutdown()
+
+
+@pytest.fixture
+def keda_operator(
+    cluster: LocalCluster,
+    namespace: str,
+    tmp_path: Path,
+    prometheus: tuple[str, PrometheusQueries],
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[OperatorProcess]:
+    """Real KEDA running before the operator starts (it reads discovery at reconcile time, cached)."""
+    keda = KedaOperator(cluster, watch_namespaces=(namespace,))
+    keda.start()
+    monkeypatch.setenv("INFERATOR_PROMETHEUS_URL", prometheus[0])
     proc = OperatorProcess(cluster, namespace, tmp_path / "operator.log")
     try:
         yield proc
     finally:
         proc.stop()
-        cluster.kubectl("delete", "crd", "scaledobjects.keda.sh", "--wait=true", check=False)
+        print("---- KEDA log (tail) ----\n" + keda.tail(60))
+        keda.stop()
         print("---- operator log (tail) ----\n" + "\n".join(proc.log().splitlines()[-80:]))
 
 
-def test_with_keda_installed_a_scaledobject_is_rendered_instead_of_an_hpa(
-    cluster: LocalCluster, namespace: str, keda_operator: OperatorProcess, kubectl_json: Any
+def test_with_keda_installed_a_scaledobject_is_rendered_and_keda_scales_to_zero_and_back_for_a_gateway(
+    cluster: LocalCluster,
+    namespace: str,
+    keda_operator: OperatorProcess,
+    kubectl_json: Any,
+    prometheus: tuple[str, PrometheusQueries],
 ) -> None:
+    _, queries = prometheus
     ready_cache(cluster, namespace, "llama-8b", LLAMA_8B)
     cluster.apply([
         service(namespace, "zero", "llama-8b",
-                autoscaling={"minReplicas": 0, "maxReplicas": 2, "metric": "queueLength", "target": 4}),
+                autoscaling={"minReplicas": 0, "maxReplicas": 2, "metric": "queueLength", "target": 4,
+                             "cooldownSeconds": 5}),
         service(namespace, "auto", "llama-8b",
                 autoscaling={"minReplicas": 1, "maxReplicas": 2, "metric": "kvCacheUsage", "target": 0.8}),
     ])  # fmt: skip
@@ -130,3 +182,31 @@ def test_with_keda_installed_a_scaledobject_is_rendered_instead_of_an_hpa(
         assert not kubectl_json(f"hpa/{name}", "-n", namespace, "--ignore-not-found"), "KEDA owns its HPA"
         svc = kubectl_json(f"infsvc/{name}", "-n", namespace)
         assert svc["status"].get("phase") not in ("Failed", "Degraded"), svc["status"]
+
+    # KEDA itself acts on them. Idle (every query answers 0): "zero" goes to zero replicas.
+    wait_for(
+        lambda: replicas_of(kubectl_json, namespace, "zero") == 0, timeout_s=150, what="KEDA scaling to zero"
+    )
+    assert any("inferator_gateway_held_requests" in q and 'service="zero"' in q for q in queries.seen), (
+        queries.seen
+    )
+    # A gateway holds a request for it: the gateway-requests trigger turns KEDA active, and KEDA
+    # scales it from zero (the gateway also does that itself at once; this is KEDA agreeing).
+    queries.gateway = 1
+    wait_for(
+        lambda: replicas_of(kubectl_json, namespace, "zero") == 1,
+        timeout_s=150,
+        what="KEDA scaling from zero",
+    )
+    active = wait_for(
+        lambda: next((c for c in (kubectl_json("scaledobject.keda.sh/zero", "-n", namespace).get("status") or {})
+                      .get("conditions", []) if c["type"] == "Active" and c["status"] == "True"), None),
+        timeout_s=60, what="ScaledObject Active",
+    )  # fmt: skip
+    assert active
+    # Nothing held or in flight any more: back to zero after the cooldown (5 s here).
+    queries.gateway = 0
+    wait_for(
+        lambda: replicas_of(kubectl_json, namespace, "zero") == 0, timeout_s=150, what="KEDA back to zero"
+    )
+    assert replicas_of(kubectl_json, namespace, "auto") == 1  # minReplicas 1 is never scaled away

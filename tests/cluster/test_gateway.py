@@ -9,6 +9,7 @@ the Deployment back up, and every one is answered once the readiness gate opens.
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -75,6 +76,29 @@ def test_a_gateway_authenticates_routes_streams_and_holds_requests_while_a_servi
     assert any(c.choices and c.choices[0].text for c in chunks)
     assert all(c.usage is None for c in chunks)  # the usage event the gateway asked for is not shown
 
+    # A client that hangs up mid-stream: the gateway drops the engine connection and vLLM stops
+    # generating (its token counter stays far below the 900 tokens the request would have cost).
+    engine = f"http://127.0.0.1:{(cluster.state_dir / 'demo-serving.port').read_text().strip()}/metrics"
+    generated_before = _engine_sum(engine, "vllm:generation_tokens_total")
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    body = {
+        "model": SERVED,
+        "prompt": "tell a long story",
+        "max_tokens": 900,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    connection.request("POST", "/v1/completions", body=json.dumps(body),
+                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})  # fmt: skip
+    answer_stream = connection.getresponse()
+    assert answer_stream.status == 200 and answer_stream.readline().startswith(b"data:")
+    connection.close()
+    wait_for(
+        lambda: _engine_sum(engine, "vllm:num_requests_running") == 0, timeout_s=60, what="the request gone"
+    )
+    generated = _engine_sum(engine, "vllm:generation_tokens_total") - generated_before
+    assert generated < 450, f"{generated} tokens generated for a client that hung up after the first"
+
     # Idle: an autoscaler scales the Deployment to zero (HPA leaves a Deployment at zero alone).
     cluster.kubectl("patch", "infsvc", SERVED, "-n", namespace, "--type=merge", "-p",
                     json.dumps({"spec": {"autoscaling": {"minReplicas": 1, "maxReplicas": 1, "metric": "cpu",
@@ -128,6 +152,12 @@ def test_a_gateway_authenticates_routes_streams_and_holds_requests_while_a_servi
     assert KEY not in log and SECRET_PROMPT not in log
     print(f"gateway: 20 requests from zero answered in {from_zero_s:.0f} s, longest hold "
           f"{max(line['held_ms'] for line in held) / 1000:.0f} s")  # fmt: skip
+
+
+def _engine_sum(url: str, metric: str) -> float:
+    """Sum of a metric's samples on the engine's /metrics."""
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(metric + "{"))
 
 
 def _models(client: openai.OpenAI, quiet: bool = False) -> list[str]:

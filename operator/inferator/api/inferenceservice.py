@@ -112,6 +112,12 @@ class Autoscaling(ApiModel):
     backend: Literal["auto", "hpa", "keda"] = Field(
         default="auto", description="auto: KEDA when its CRDs exist or minReplicas is 0, else HPA."
     )
+    cooldown_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=86_400,
+        description="KEDA: seconds without activity before scaling to zero (its cooldownPeriod).",
+    )
 
 
 class Networking(ApiModel):

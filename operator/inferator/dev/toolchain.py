@@ -233,8 +233,15 @@ def gateway_api_crds() -> list[Path]:
     return [GATEWAY_API.directory / name for name in GATEWAY_API.binaries]
 
 
+def build_keda() -> None:
+    """KEDA's operator and CRDs (inferator.dev.keda): the autoscaling tests run the real one."""
+    from inferator.dev import keda
+
+    keda.build_keda()
+
+
 BUILDERS = {"etcd": build_etcd, "kubernetes": build_kubernetes, "kwok": build_kwok, "helm": build_helm,
-            "gateway-api": fetch_gateway_api}  # fmt: skip
+            "gateway-api": fetch_gateway_api, "keda": build_keda}  # fmt: skip
 
 
 def build_all(only: list[str] | None = None) -> None:
