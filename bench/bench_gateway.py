@@ -1040,8 +1040,10 @@ def main(argv: list[str] | None = None) -> int:
     vegeta = vegeta_binary()
     names = [t for t in ALL_TARGETS if t in args.targets.split(",")]
     results: list[TargetResult] = []
-    with backend_process(args.backend_cpu) as (backend_url, backend):
-        for name in names:
+    for name in names:
+        # A fresh backend per target: one that times out (LiteLLM) leaves hundreds of abandoned
+        # streams behind, which slowed whichever target came next.
+        with backend_process(args.backend_cpu) as (backend_url, backend):
             print(f"[{name}] starting", flush=True)
             result = run_target(name, vegeta, backend_url, backend, args)
             if result.skipped:
