@@ -31,14 +31,23 @@ KEY = "sk-team-a-7f3c2e1d9b8a"
 SECRET_PROMPT = "the-quarterly-numbers-are-confidential"
 
 
+OTHER_KEY = "sk-team-b-55aa66bb77cc"  # may use another model only
+SMALL_KEY = "sk-trial-0099887766"  # 5 tokens a minute
+
+
 def gateway(namespace: str, port: int) -> list[dict[str, Any]]:
+    secrets = [("team-a-key", KEY), ("team-b-key", OTHER_KEY), ("trial-key", SMALL_KEY)]
+    keys = [
+        {"id": "team-a", "secretRef": {"name": "team-a-key"}, "tokensPerDay": 1_000_000},
+        {"id": "team-b", "secretRef": {"name": "team-b-key"}, "models": ["some-other-model"]},
+        {"id": "trial", "secretRef": {"name": "trial-key"}, "tokensPerMinute": 5},
+    ]
     return [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "team-a-key", "namespace": namespace},
-         "stringData": {"api-key": KEY}},
+        *({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+           "stringData": {"api-key": value}} for name, value in secrets),
         {"apiVersion": "inferator.dev/v1alpha1", "kind": "InferenceGateway",
          "metadata": {"name": "front", "namespace": namespace},
-         "spec": {"keys": [{"id": "team-a", "secretRef": {"name": "team-a-key"}, "tokensPerDay": 1_000_000}],
-                  "holdSeconds": 600, "port": port, "scheduling": demo.ON_RUNNER}},
+         "spec": {"keys": keys, "holdSeconds": 600, "port": port, "scheduling": demo.ON_RUNNER}},
     ]  # fmt: skip
 
 
@@ -68,6 +77,17 @@ def test_a_gateway_authenticates_routes_streams_and_holds_requests_while_a_servi
     assert _models(client) == [SERVED]
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=base, api_key="sk-wrong", max_retries=0).models.list()
+    # A key allowed another model: the catalog it sees is empty and this model looks absent.
+    other = openai.OpenAI(base_url=base, api_key=OTHER_KEY, max_retries=0)
+    assert _models(other) == []
+    with pytest.raises(openai.NotFoundError):
+        other.completions.create(model=SERVED, prompt="hi", max_tokens=2)
+    # A key with 5 tokens a minute: its first request (counted from vLLM's usage) uses them up.
+    trial = openai.OpenAI(base_url=base, api_key=SMALL_KEY, max_retries=0)
+    trial.completions.create(model=SERVED, prompt="hello there", max_tokens=4)
+    with pytest.raises(openai.RateLimitError) as refused:
+        trial.completions.create(model=SERVED, prompt="hello again", max_tokens=4)
+    assert 1 <= int(refused.value.response.headers["Retry-After"]) <= 60
     answer = client.chat.completions.create(
         model=SERVED, messages=[{"role": "user", "content": SECRET_PROMPT}], max_tokens=4
     )
@@ -136,9 +156,14 @@ def test_a_gateway_authenticates_routes_streams_and_holds_requests_while_a_servi
     ok = [
         line
         for line in metrics.splitlines()
-        if line.startswith("inferator_gateway_requests_total") and 'code="200"' in line
+        if line.startswith("inferator_gateway_requests_total")
+        and 'code="200"' in line
+        and 'key="team-a"' in line
     ]
     assert ok and float(ok[0].split()[-1]) >= 22, ok
+    counted = metrics.splitlines()
+    assert any('code="499"' in line and not line.endswith(" 0.0") for line in counted), "the hang-up: 499"
+    assert any('code="429"' in line and 'key="trial"' in line for line in counted), "the trial key's refusal"
 
     # The audit log: one line per request, key id not key, no prompt text.
     log = next(
@@ -176,8 +201,8 @@ def test_an_httproute_appears_when_the_gateway_api_is_installed_and_the_api_serv
     from inferator.dev.toolchain import gateway_api_crds
 
     objects = gateway(namespace, 8080)
-    objects[1]["spec"].pop("scheduling")  # no pod needs to run here: a simulated node will do
-    objects[1]["spec"]["httpRoute"] = {"parentRefs": [{"name": "shared", "namespace": "infra", "sectionName": "https"}],
+    objects[-1]["spec"].pop("scheduling")  # no pod needs to run here: a simulated node will do
+    objects[-1]["spec"]["httpRoute"] = {"parentRefs": [{"name": "shared", "namespace": "infra", "sectionName": "https"}],
                                        "hostnames": ["llm.example.com"]}  # fmt: skip
     cluster.apply(objects)
 
