@@ -32,8 +32,8 @@ from inferator.gateway.keys import KeyRing, Quotas
 ALICE, BOB = "sk-alice-0123456789", "sk-bob-9876543210"
 
 
-async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+async def _serve(app: web.Application, cancel: bool = True) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, handler_cancellation=cancel, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -75,14 +75,14 @@ def _config(tmp_path: Path, upstream: str, **extra: Any) -> GatewayConfig:
 
 @asynccontextmanager
 async def bed(
-    tmp_path: Path, catalog: Any = None, engine: FakeEngine | None = None, **extra: Any
+    tmp_path: Path, catalog: Any = None, engine: FakeEngine | None = None, cancel: bool = True, **extra: Any
 ) -> AsyncIterator[Bed]:
     engine = engine or FakeEngine(models=["tiny", "embedder"], tokens=5)
     engine_runner, engine_url = await _serve(engine.app())
     config = _config(tmp_path, engine_url, **extra)
     audit = io.StringIO()
     gateway = Gateway(config, catalog(config, engine_url) if catalog else StaticCatalog(config), audit=audit)
-    gateway_runner, url = await _serve(gateway.app())
+    gateway_runner, url = await _serve(gateway.app(), cancel)
     async with aiohttp.ClientSession() as http:
         try:
             yield Bed(gateway, url, engine, audit, http)
@@ -392,5 +392,29 @@ def test_rerank_is_routed_by_model_on_both_of_vllms_paths_and_counted(tmp_path: 
             assert [line["path"] for line in b.lines()] == ["/v1/rerank", "/rerank"]
             metrics = await (await b.http.get(b.url + "/metrics")).text()
             assert 'inferator_gateway_requests_total{code="200",key="bob",model="embedder"} 2.0' in metrics
+
+    run(scenario)
+
+
+def test_a_client_that_leaves_at_done_is_not_an_engine_error(tmp_path: Path) -> None:
+    """The openai client closes as soon as it reads `[DONE]`; the body's end may not be out yet."""
+
+    async def scenario() -> None:
+        engine = FakeEngine(models=["tiny", "embedder"], tokens=3, linger_s=0.3)
+        # Without handler cancellation the gateway sees the hang-up only when it writes the body's
+        # end, the order in which the race happens in production.
+        async with bed(tmp_path, engine=engine, cancel=False) as b:
+            answer = await b.post("/v1/completions", {"model": "tiny", "prompt": "x", "stream": True})
+            while b"[DONE]" not in await answer.content.readuntil(b"\n\n"):
+                pass
+            answer.close()
+            for _ in range(100):
+                if b.lines():
+                    break
+                await asyncio.sleep(0.05)
+            (line,) = b.lines()
+            assert line["status"] == 499 and line["completion_tokens"] == 3, line  # not a 502 of the engine
+            again = await b.post("/v1/completions", {"model": "tiny", "prompt": "x"})
+            assert again.status == 200  # the gateway carries on
 
     run(scenario)

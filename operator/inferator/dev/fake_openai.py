@@ -29,6 +29,7 @@ class FakeEngine:
     finished_streams: int = 0
     hold_stream: asyncio.Event | None = None  # when set up, a stream pauses after its first chunk
     record: bool = True
+    linger_s: float = 0.0  # after `[DONE]`, before ending the body (clients close on [DONE])
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -100,6 +101,8 @@ class FakeEngine:
                          "choices": [], "usage": self._usage(payload)}  # fmt: skip
                 await response.write(b"data: " + json.dumps(final).encode() + b"\n\n")
             await response.write(b"data: [DONE]\n\n")
+            if self.linger_s:
+                await asyncio.sleep(self.linger_s)
             await response.write_eof()
         except (asyncio.CancelledError, ConnectionResetError):
             self.cancelled += 1

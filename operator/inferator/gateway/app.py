@@ -269,19 +269,25 @@ class Gateway:
         await response.prepare(request)
         events = usage.EventStream(drop_usage_event=injected)
         ex.usage = events.usage
+        # Once the headers are out, no error answer can follow: a broken side ends the stream,
+        # and the audit line says which side it was.
         try:
             async for chunk in answer.content.iter_any():
                 data = events.feed(chunk)
                 if data:
-                    await response.write(data)
+                    await _send(response, data)
             tail = events.flush()
             if tail:
-                await response.write(tail)
+                await _send(response, tail)
+            await _send(response, None)
+        except _ClientGone:
+            ex.status, ex.error = 499, "client closed the connection"
+        except (aiohttp.ClientError, TimeoutError) as error:
+            ex.status, ex.error = 502, f"the engine's stream broke ({type(error).__name__})"
         finally:
             if not events.usage.reported:  # an engine that reports none: count events
                 events.usage.completion_tokens = events.events
             self._charge(policy, ex)
-        await response.write_eof()
         return response
 
     def _charge(self, policy: KeyPolicy, ex: _Exchange) -> None:
@@ -314,6 +320,22 @@ class Gateway:
             line["error"] = ex.error
         self.audit_out.write(json.dumps(line, separators=(",", ":")) + "\n")
         self.audit_out.flush()
+
+
+class _ClientGone(Exception):
+    """Writing to the client failed: it closed the connection (often right after `[DONE]`)."""
+
+
+async def _send(response: web.StreamResponse, data: bytes | None) -> None:
+    """Write to the client (None: end the body), telling a client that left from an engine error:
+    aiohttp raises ClientConnectionResetError, a ClientError, for both."""
+    try:
+        if data is None:
+            await response.write_eof()
+        else:
+            await response.write(data)
+    except ConnectionResetError as error:
+        raise _ClientGone from error
 
 
 def _bearer(request: web.Request) -> str | None:
