@@ -142,6 +142,8 @@ def test_services_by_cache_and_nodes() -> None:
             by_cache.setdefault(k, []).append(v)
     v = view(inferator_services=services, inferator_services_by_cache=by_cache)
     assert v.service_names_on_cache("team", "llama") == ["a", "c"]
+    assert sorted(svc["metadata"]["name"] for svc in v.services_in("team")) == ["a", "b", "c"]
+    assert v.services_in("elsewhere") == []
     assert "annotations" not in v.service("team", "a")["metadata"]  # type: ignore[index] # kopf's diff base is not kept
     node = {"metadata": {"name": "gpu-1", "labels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
                          "managedFields": [{}]},

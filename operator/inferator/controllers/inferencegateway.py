@@ -22,11 +22,11 @@ from inferator.api import API_GROUP, API_VERSION
 from inferator.api.common import CONDITION_STATUS
 from inferator.api.conditions import set_condition
 from inferator.api.inferencegateway import InferenceGatewaySpec, InferenceGatewayStatus
-from inferator.controllers import kube
+from inferator.controllers import informers, kube
 from inferator.controllers.modelcache import validation_message
 from inferator.controllers.redaction import scrub
 from inferator.controllers.status import changed_fields, now_rfc3339
-from inferator.gateway.discovery import served_model
+from inferator.gateway.discovery import requires_own_key, served_model
 from inferator.render import inferencegateway as render
 from inferator.settings import OperatorSettings
 
@@ -38,7 +38,7 @@ KIND = "InferenceGateway"
 @kopf.index(API_GROUP, API_VERSION, PLURAL)
 async def inferator_gateways(body: kopf.Body, **_: Any) -> dict[str, str]:
     """Gateways by namespace: whom a service's change concerns."""
-    return {body["metadata"].get("namespace") or "": json.dumps(_compact(body))}
+    return {body["metadata"].get("namespace") or "": json.dumps(informers.compact(body))}
 
 
 @kopf.index("apps", "v1", "deployments", labels={render.GATEWAY_LABEL: kopf.PRESENT})
@@ -52,17 +52,6 @@ async def inferator_gateway_deployments(
     }
 
 
-def _compact(body: Mapping[str, Any]) -> dict[str, Any]:
-    meta = body["metadata"]
-    return {
-        "apiVersion": body.get("apiVersion"),
-        "kind": body.get("kind"),
-        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation")},
-        "spec": dict(body.get("spec") or {}),
-        "status": dict(body.get("status") or {}),
-    }
-
-
 def selects(spec: Mapping[str, Any], service: Mapping[str, Any]) -> bool:
     wanted = ((spec.get("selector") or {}).get("matchLabels")) or {}
     labels = (service.get("metadata") or {}).get("labels") or {}
@@ -73,7 +62,7 @@ HTTPROUTE = ("gateway.networking.k8s.io/v1", "HTTPRoute")
 
 
 def httproute_served() -> bool:
-    return HTTPROUTE[1] in kube.served_kinds(HTTPROUTE[0])
+    return kube.crd_installed(*HTTPROUTE)
 
 
 def desired_status(
@@ -99,7 +88,7 @@ def desired_status(
         if not selects(gateway.get("spec") or {}, service):
             continue
         name = service["metadata"]["name"]
-        if ((service.get("spec") or {}).get("serving") or {}).get("apiKeySecret"):
+        if requires_own_key(service):
             skipped.append(name)
             continue
         model = served_model(service)
@@ -148,17 +137,6 @@ def desired_status(
     return out
 
 
-def _services(kwargs: Mapping[str, Any], namespace: str) -> list[dict[str, Any]]:
-    index = kwargs["inferator_services"]
-    found = []
-    for (ns, _name), texts in list(index.items()):
-        if ns == namespace:
-            text = next(iter(list(texts)), None)
-            if text:
-                found.append(json.loads(text))
-    return found
-
-
 def _deployment_status(kwargs: Mapping[str, Any], namespace: str, name: str) -> dict[str, Any] | None:
     text = next(iter(list(kwargs["inferator_gateway_deployments"].get((namespace, name), ()))), None)
     return json.loads(text) if text else None
@@ -171,7 +149,7 @@ def refresh(gateway: Mapping[str, Any], kwargs: Mapping[str, Any]) -> None:
     routed = bool((gateway.get("spec") or {}).get("httpRoute")) and httproute_served()
     desired = desired_status(
         gateway,
-        _services(kwargs, namespace),
+        informers.View.of(kwargs).services_in(namespace),
         _deployment_status(kwargs, namespace, name),
         route_served=routed,
     )
@@ -198,7 +176,7 @@ def apply_gateway(gateway: dict[str, Any], kwargs: Mapping[str, Any]) -> None:
     inputs = render.GatewayInputs(name=name, namespace=namespace, spec=spec,
                                   image=OperatorSettings.from_env().gateway_image,
                                   httproute_served=spec.http_route is not None and httproute_served(),
-                                  servicemonitor_served="ServiceMonitor" in kube.served_kinds("monitoring.coreos.com/v1"))  # fmt: skip
+                                  servicemonitor_served=kube.crd_installed("monitoring.coreos.com/v1", "ServiceMonitor"))  # fmt: skip
     owner = kube.owner_reference(gateway)
     try:
         for obj in render.render(inputs):

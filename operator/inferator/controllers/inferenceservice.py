@@ -55,10 +55,6 @@ OPTIONAL_CHILDREN = tuple(
 )
 
 
-def crd_installed(group_version: str, kind: str) -> bool:
-    return kind in kube.served_kinds(group_version)
-
-
 @dataclass
 class Conditions:
     """The four conditions Argo CD health checks read, with a stable set of reasons."""
@@ -223,8 +219,8 @@ def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.V
     inputs = render.ServingInputs(
         name=name, namespace=namespace, spec=spec, selection=selection, pvc_name=cache_status.pvc_name,
         ownership=cache_spec.ownership, settings=OperatorSettings.from_env(),
-        keda_installed=crd_installed("keda.sh/v1alpha1", "ScaledObject"),
-        servicemonitor_installed=crd_installed("monitoring.coreos.com/v1", "ServiceMonitor"),
+        keda_installed=kube.crd_installed("keda.sh/v1alpha1", "ScaledObject"),
+        servicemonitor_installed=kube.crd_installed("monitoring.coreos.com/v1", "ServiceMonitor"),
         model_subpath=cache_spec.model_subpath, in_place=cache_spec.in_place,
         cache_revision=f"{cache_status.content_hash or ''}:{cache_status.resolved_revision or ''}",
     )  # fmt: skip

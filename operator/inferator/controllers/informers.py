@@ -232,6 +232,11 @@ class View:
     def service(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.get(f"{API_GROUP}/{API_VERSION}", "InferenceService", name, namespace)
 
+    def services_in(self, namespace: str) -> list[dict[str, Any]]:
+        """Every InferenceService of a namespace (an InferenceGateway reports what it selects)."""
+        names = [name for ns, name in list(self.services.keys()) if ns == namespace]
+        return [svc for name in names if (svc := self.service(namespace, name)) is not None]
+
     def service_names_on_cache(self, namespace: str, cache: str) -> list[str]:
         return sorted(set(self.services_by_cache.get((namespace, cache), ())))
 

@@ -75,6 +75,11 @@ def served_kinds(api_version: str) -> frozenset[str]:
     return kinds
 
 
+def crd_installed(api_version: str, kind: str) -> bool:
+    """Whether the API server serves `kind` in `api_version` (discovery, cached for a minute)."""
+    return kind in served_kinds(api_version)
+
+
 def forget_served_kinds(api_version: str) -> None:
     """Drop the cached discovery of a group version (its CRD was just installed or removed)."""
     _group_versions.pop(api_version, None)

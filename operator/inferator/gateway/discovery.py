@@ -109,6 +109,12 @@ def served_model(service: Mapping[str, Any]) -> str | None:
     return str(name) if name else None
 
 
+def requires_own_key(service: Mapping[str, Any]) -> bool:
+    """The service asks clients for its own API key (`serving.apiKeySecret`), which a gateway
+    does not hold: it is not exposed."""
+    return bool(((service.get("spec") or {}).get("serving") or {}).get("apiKeySecret"))
+
+
 def pod_address(pod: dict[str, Any]) -> str | None:
     """`http://ip:port` of a Ready, not terminating pod, on its container port named http."""
     metadata, status = pod.get("metadata") or {}, pod.get("status") or {}
@@ -256,7 +262,7 @@ class ClusterCatalog:
             routes = {}
             for name, service in self._services.items():
                 model = served_model(service)
-                if model is None or (((service.get("spec") or {}).get("serving") or {}).get("apiKeySecret")):
+                if model is None or requires_own_key(service):
                     continue
                 routes[model] = Route(model, name, tuple(sorted(addresses.get(name, []))))
             self._routes = routes
