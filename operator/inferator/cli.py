@@ -20,6 +20,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "serving container entrypoint: assert the profile, exec the engine",
     ),
     "warmup": ("inferator.runtime.warmup", "in a serving container: list the model and generate one token"),
+    "validate": (
+        "inferator.runtime.validate",
+        "the validation Job: load-test one serving pod (vllm bench serve)",
+    ),
     "gateway": ("inferator.gateway.main", "the InferenceGateway's server: keys, quotas, audit, hold at zero"),
     "dev": ("inferator.dev.cli", "local control plane with simulated GPU nodes: build, up, demo, down"),
 }

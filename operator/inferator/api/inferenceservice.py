@@ -46,6 +46,14 @@ class ProfileSelector(ApiModel):
     optimize_for: Target | None = Field(
         default=None, description="Prefer latency or throughput profiles; by default latency comes first."
     )
+    rank_by: Literal["static", "measured"] = Field(
+        default="static",
+        description=(
+            "measured: profiles with validation numbers for this model and GPU come first, best "
+            "measured first (output tokens/s; TTFT p99 with optimizeFor latency); the rest follow "
+            "in the static order."
+        ),
+    )
 
 
 class SecretKeySelector(ApiModel):
@@ -120,6 +128,76 @@ class Autoscaling(ApiModel):
     )
 
 
+class ServiceLevelObjectives(ApiModel):
+    """Targets the validation run is judged against; every one set must hold."""
+
+    concurrency: int | None = Field(
+        default=None, ge=1, le=1024,
+        description="The load level judged (one of validation.concurrency); defaults to the highest.",
+    )  # fmt: skip
+    ttft_p99_ms: float | None = Field(default=None, gt=0, description="Time to first token, p99, at most.")
+    inter_token_latency_p99_ms: float | None = Field(
+        default=None, gt=0, description="Time between output tokens, p99, at most."
+    )
+    output_tokens_per_second: float | None = Field(
+        default=None, gt=0, description="Output tokens per second of one replica, at least."
+    )
+
+
+class Validation(ApiModel):
+    """A load test of each new profile once it is Ready (a Job of `vllm bench serve` against one pod).
+
+    It runs again only when what it measured changes: the profile, the image, the cache's
+    revision or the load below. The SLOs are judged on the stored numbers, so changing them
+    runs nothing."""
+
+    enabled: bool = True
+    concurrency: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
+        default_factory=lambda: [1, 4], min_length=1, max_length=8,
+        description="Concurrent requests per level; one run per level.",
+    )  # fmt: skip
+    requests_per_level: int = Field(default=32, ge=1, le=10_000)
+    input_tokens: int = Field(default=256, ge=8, le=131_072, description="Prompt length (random tokens).")
+    output_tokens: int = Field(default=128, ge=1, le=32_768, description="Tokens generated per request.")
+    timeout_seconds: int = Field(default=900, ge=60, le=14_400, description="The Job's deadline.")
+    slo: ServiceLevelObjectives | None = None
+    on_slo_failure: Literal["Report", "KeepPreviousProfile"] = Field(
+        default="Report",
+        alias="onSLOFailure",
+        description=(
+            "Report: condition MeetsSLO False and an Event. KeepPreviousProfile: also go back to "
+            "the profile validated before, if it met the SLO, until the spec changes."
+        ),
+    )
+    min_kv_cache_headroom: float = Field(
+        default=0.1,
+        ge=0,
+        le=0.9,
+        alias="minKVCacheHeadroom",
+        description="Warn when KV-cache use at the load's peak leaves less than this.",
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="CPU/memory of the load generator."
+    )
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.slo) || !has(self.slo.concurrency) || self.slo.concurrency in self.concurrency",
+                    "message": "slo.concurrency must be one of validation.concurrency (the levels measured)",
+                    "fieldPath": ".slo.concurrency",
+                },
+            ]
+        }
+    }
+
+    @field_validator("concurrency")
+    @classmethod
+    def _distinct_levels(cls, levels: list[int]) -> list[int]:
+        return sorted(set(levels))
+
+
 class Networking(ApiModel):
     """Who may talk to the endpoint; private AI means no egress by default."""
 
@@ -154,6 +232,10 @@ class InferenceServiceSpec(ApiModel):
     scheduling: Scheduling | None = None
     resources: ResourceRequirements | None = Field(default=None, description="CPU/memory for the server.")
     networking: Networking = Field(default_factory=Networking, json_schema_extra={"default": {}})
+    validation: Validation | None = Field(
+        default=None,
+        description="Load-test each new profile once Ready, and judge it against SLOs (`validation: {}` for the defaults).",
+    )
     image: str | None = Field(default=None, max_length=1024, description="Override the engine's image.")
     env: list[KubeObject] = Field(
         default_factory=list,
@@ -217,6 +299,53 @@ class Candidate(ApiModel):
     reason: str = ""
 
 
+class ValidationLevel(ApiModel):
+    """One concurrency level of a validation run."""
+
+    concurrency: int
+    requests: int = 0
+    failed: int = 0
+    ttft_p50_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    inter_token_latency_p50_ms: float | None = None
+    inter_token_latency_p99_ms: float | None = None
+    output_tokens_per_second: float | None = None
+    duration_seconds: float | None = None
+
+
+class ValidationRun(ApiModel):
+    """What one profile measured: the numbers and the KV-cache use beside the estimate."""
+
+    profile: str
+    key: str = Field(description="Hash of what was measured: profile, image, cache revision, load.")
+    state: Literal["Running", "Succeeded", "Failed"]
+    job: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    levels: list[ValidationLevel] = Field(default_factory=list)
+    kv_cache_idle: float | None = Field(default=None, description="KV-cache use before the load (0..1).")
+    kv_cache_peak: float | None = Field(default=None, description="KV-cache use at the load's peak (0..1).")
+    kv_cache_tokens: int | None = Field(
+        default=None, description="Tokens the engine's KV cache holds (measured)."
+    )
+    estimated_kv_cache_tokens: int | None = Field(
+        default=None, description="Tokens the profile was chosen with (status.estimates)."
+    )
+    meets_slo: bool | None = Field(default=None, alias="meetsSLO")
+    message: str | None = None
+
+
+class ValidationStatus(ValidationRun):
+    previous: ValidationRun | None = Field(
+        default=None, description="The last run of another profile: what a rollout is compared with."
+    )
+    rejected_profile: str | None = Field(
+        default=None,
+        description="A profile that failed the SLO and was left (onSLOFailure: KeepPreviousProfile).",
+    )
+    rejected_generation: int | None = None
+
+
 class InferenceServiceStatus(ApiModel):
     phase: InferenceServicePhase | None = None
     observed_generation: int | None = None
@@ -241,4 +370,5 @@ class InferenceServiceStatus(ApiModel):
     served_model_name: str | None = Field(
         default=None, description="The `model` clients send: what an InferenceGateway routes by."
     )
+    validation: ValidationStatus | None = None
     message: str | None = None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
+from kubernetes.client import ApiException
 from pydantic import ValidationError
 
 from inferator.api import (
@@ -26,7 +27,7 @@ from inferator.api import (
 from inferator.api.common import CONDITION_STATUS
 from inferator.api.conditions import get_condition, set_condition
 from inferator.api.profile import ServingProfile
-from inferator.controllers import children, informers, kube, workqueue
+from inferator.controllers import children, informers, kube, measurements, validation, workqueue
 from inferator.controllers.metrics import (
     CENSUS,
     PROFILE_SELECTIONS,
@@ -40,8 +41,9 @@ from inferator.controllers.metrics import (
 from inferator.controllers.modelcache import validation_message
 from inferator.controllers.redaction import scrub
 from inferator.controllers.settings import SELECTION
-from inferator.controllers.status import changed_fields, now_rfc3339
+from inferator.controllers.status import changed_fields, now_rfc3339, with_removals
 from inferator.controllers.warmup import gate_condition, needs_warmup, warm_up
+from inferator.profiles.measured import Measured
 from inferator.profiles.select import Selection, select_profile
 from inferator.render import inferenceservice as render
 from inferator.settings import OperatorSettings
@@ -60,6 +62,10 @@ class Conditions:
     """The four conditions Argo CD health checks read, with a stable set of reasons."""
 
     values: dict[str, tuple[CONDITION_STATUS, str, str]] = field(default_factory=dict)
+    # Conditions a spec no longer asks for (validation switched off): removed from status.
+    dropped: set[str] = field(default_factory=set)
+    # Events to post once the status is written: (type, reason, message).
+    events: list[tuple[str, str, str]] = field(default_factory=list)
 
     def set(self, type_: str, status: CONDITION_STATUS, reason: str, message: str) -> None:
         self.values[type_] = (status, reason, message)
@@ -115,6 +121,17 @@ def _gate_pods(pods: list[dict[str, Any]], profile: ServingProfile) -> str | Non
     return failure
 
 
+def _measured(spec: InferenceServiceSpec, model: str) -> dict[tuple[str, str], Measured]:
+    """The stored validation numbers of this model, read only for a service that ranks by them."""
+    if spec.selector is None or spec.selector.rank_by != "measured":
+        return {}
+    try:
+        return measurements.load(OperatorSettings.from_env().operator_namespace, model)
+    except ApiException as exc:  # no numbers: the static order, and the reason in the log
+        log.warning("measurements unreadable (%s %s): ranking by the static order", exc.status, exc.reason)
+        return {}
+
+
 def _select(
     spec: InferenceServiceSpec,
     status: InferenceServiceStatus,
@@ -122,13 +139,19 @@ def _select(
     facts: Any,
     served: str,
     nodes: list[dict[str, Any]],
+    model: str,
 ) -> tuple[Selection, bool]:
     """The selection, and whether it is the running profile kept (checked to still fit)."""
 
     def select(for_spec: InferenceServiceSpec) -> Selection:
         return select_profile(facts, nodes, for_spec, SELECTION.settings, catalog=SELECTION.catalog,
-                              served_model_name=served)  # fmt: skip
+                              served_model_name=served, measured=_measured(for_spec, model))  # fmt: skip
 
+    # A new profile that missed its SLO was left for the one validated before it.
+    if (back := validation.kept_profile(status.validation, generation)) is not None:
+        kept = select(spec.model_copy(update={"profile": back, "selector": None}))
+        if kept.ok:
+            return kept, True
     if status.profile and status.profile_generation == generation:
         kept = select(spec.model_copy(update={"profile": status.profile, "selector": None}))
         if kept.ok:
@@ -195,7 +218,10 @@ def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.V
         return _finish(out, status, conds, "NoCompatibleProfile", generation)
 
     cache_spec = ModelCacheSpec.model_validate(cache["spec"])
-    selection, kept = _select(spec, status, generation, cache_status.model, cache_name, view.nodes())
+    model = measurements.model_identity(
+        cache_spec.source.uri, cache_status.resolved_revision, cache_status.content_hash
+    )
+    selection, kept = _select(spec, status, generation, cache_status.model, cache_name, view.nodes(), model)
     # A kept profile is checked as a pin, whose ranking says nothing of the alternatives: the
     # candidates stay those of the selection that chose it (else every later pass rewrote them).
     previous = (body.get("status") or {}).get("candidates")
@@ -284,6 +310,24 @@ def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.V
         # Scaling up or rolling out: still progressing, not degraded (Argo CD reads the phase).
         conds.set("Ready", "False", "Deploying", f"{ready}/{desired_replicas} replicas ready")
         phase = "Deploying"
+    rolled_out = int(dstatus.get("updatedReplicas") or 0) == replicas and replicas >= 1
+    checked = validation.step(inputs, status.validation, phase == "Ready" and rolled_out, pods, view, owner,
+                              generation, selection.estimates.kv_cache_tokens if selection.estimates else None)  # fmt: skip
+    if checked.status is not None:
+        out["validation"] = checked.status.to_k8s()
+    for type_, (st, reason, message) in checked.conditions.items():
+        conds.set(type_, cast(CONDITION_STATUS, st), reason, message)
+    conds.dropped.update(checked.drop_conditions)
+    conds.events += checked.events
+    if checked.finished_run is not None and spec.validation is not None and selection.pool is not None:
+        doc = measurements.entry(model, checked.finished_run.profile, selection.pool.key, checked.finished_run,
+                                 spec.validation.slo, f"{namespace}/{name}")  # fmt: skip
+        try:
+            if doc is not None:
+                measurements.record(inputs.settings.operator_namespace, doc)
+        except ApiException as exc:  # the run stays in status; only `rankBy: measured` misses it
+            log.warning("InferenceService %s/%s: measurement not recorded in %s/%s: %s %s", namespace, name,
+                        inputs.settings.operator_namespace, measurements.CONFIGMAP, exc.status, exc.reason)  # fmt: skip
     return _finish(out, status, conds, phase, generation)
 
 
@@ -291,19 +335,28 @@ def _finish(
     out: dict[str, Any], status: InferenceServiceStatus, conds: Conditions, phase: str, generation: int
 ) -> dict[str, Any]:
     now = now_rfc3339()
-    conditions = status.conditions
+    conditions = [c for c in status.conditions if c.type not in conds.dropped]
     for type_, (st, reason, message) in conds.values.items():
         conditions = set_condition(conditions, type_, st, reason, message, now=now, generation=generation)
     out["phase"] = phase
     out["conditions"] = [c.to_k8s() for c in conditions]
+    if conds.events:
+        out[EVENTS_KEY] = conds.events
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _run(name: str, namespace: str, body: dict[str, Any], view: informers.View) -> dict[str, Any]:
+# Events ride along with the desired status until it is written (never written themselves).
+EVENTS_KEY = "__events"
+
+
+def _run(
+    name: str, namespace: str, body: dict[str, Any], view: informers.View
+) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
     with RECONCILE_SECONDS.labels(KIND).time(), RECONCILE_ERRORS.labels(KIND).count_exceptions():
         desired = reconcile(name, namespace, body, view)
+    events = desired.pop(EVENTS_KEY, [])
     RECONCILES.labels(KIND, desired.get("phase", "")).inc()
-    return changed_fields(body.get("status") or {}, desired)
+    return changed_fields(body.get("status") or {}, desired), events
 
 
 def _observe(body: dict[str, Any], old_status: dict[str, Any], changes: dict[str, Any]) -> None:
@@ -339,11 +392,13 @@ def settled(status: dict[str, Any], generation: int) -> bool:
 
     A service that is not settled waits on something no watch reports (a pod to warm up, a
     cache or a rollout to finish): it is polled every POLL_INTERVAL_S until it is."""
-    ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
     return (
-        ready.get("status") == "True"
+        (conditions.get("Ready") or {}).get("status") == "True"
         and status.get("observedGeneration") == generation
         and status.get("readyReplicas") == status.get("replicas")
+        # a validation run waiting for a pod of its profile (a running one is woken by its Job)
+        and (conditions.get("Validated") or {}).get("reason") != "WaitingForReady"
     )
 
 
@@ -353,15 +408,19 @@ def _converge(svc: dict[str, Any], namespace: str, view: informers.View) -> dict
     next reconcile judges from it even before the watch delivers it."""
     name = svc["metadata"]["name"]
     old = svc.get("status") or {}
-    changes = _run(name, namespace, svc, view)
+    changes, events = _run(name, namespace, svc, view)
     if changes:
         informers.remember_write(
-            kube.patch_status(f"{API_GROUP}/{API_VERSION}", KIND, name, namespace, changes)
+            kube.patch_status(
+                f"{API_GROUP}/{API_VERSION}", KIND, name, namespace, with_removals(old, changes)
+            )
         )
         log.info("InferenceService %s/%s reconciled: status %s written (phase %s)", namespace, name,
                  ", ".join(sorted(changes)), changes.get("phase") or old.get("phase"))  # fmt: skip
         _observe(svc, old, changes)
         _event_on_transition(cast(kopf.Body, svc), old.get("phase"), changes)
+        for type_, reason, message in events:
+            kopf.event(cast(kopf.Body, svc), type=type_, reason=reason, message=message[:1024])
     return {**old, **changes}
 
 
@@ -427,7 +486,12 @@ def _child_changed(
     if type == "DELETED":
         informers.forget(child["apiVersion"], child["kind"], namespace or "", child["metadata"]["name"])
     foreign = children.changed_by_others(type, child)
-    if not foreign and child.get("kind") != "Deployment":
+    if child.get("kind") == "Job":
+        # A validation Job: its owner reads the results once it has finished (or was deleted).
+        foreign = type == "DELETED" or validation.finished(child) is not None
+        if not foreign:
+            return
+    elif not foreign and child.get("kind") != "Deployment":
         return  # our own apply of a child coming back: nothing to do
     view = informers.bind(kwargs)
     owner_name = labels[render.SERVICE_LABEL]

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import kopf
 
 from inferator.api import API_GROUP, API_VERSION
-from inferator.render.inferenceservice import SERVICE_LABEL, WARMUP_ANNOTATION
+from inferator.render.inferenceservice import PROFILE_ANNOTATION, SERVICE_LABEL, WARMUP_ANNOTATION
 
 # Every kind an InferenceService renders: (group, version, plural, kind, optional). The
 # required children always exist; an optional one is deleted when the spec no longer asks for it.
@@ -43,8 +43,12 @@ CHILD_RESOURCES = (
     ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler", True),
     ("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject", True),
     ("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor", True),
+    # Validation Jobs: named per run (never the service's name), so never "left over" here.
+    ("batch", "v1", "jobs", "Job", True),
 )
 _OWN_WRITE_TTL_S = 60.0
+# The annotations of a serving pod the operator reads (the rest are dropped from the index).
+POD_ANNOTATIONS = (WARMUP_ANNOTATION, PROFILE_ANNOTATION)
 
 T = TypeVar("T")
 ChildKey = tuple[str, str, str, str]  # apiVersion, kind, namespace, name
@@ -135,7 +139,7 @@ def _key(obj: Mapping[str, Any]) -> ChildKey:
 def remember_write(obj: Mapping[str, Any] | None) -> None:
     """Keep the answer of one of our writes (server-side apply, status patch) until the watch has it."""
     if obj and (obj.get("metadata") or {}).get("name"):
-        OWN_WRITES.remember(_key(obj), obj, _text(obj, (WARMUP_ANNOTATION,)))
+        OWN_WRITES.remember(_key(obj), obj, _text(obj, POD_ANNOTATIONS))
 
 
 def forget(api_version: str, kind: str, namespace: str, name: str) -> None:
@@ -167,9 +171,7 @@ for _group, _version, _plural, _kind, _optional in CHILD_RESOURCES:
 @kopf.index("", "v1", "pods", labels={SERVICE_LABEL: kopf.PRESENT})
 async def inferator_pods(body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[tuple[str, str], str]:
     """Serving pods by (namespace, service): the readiness gate and runtime refusals read them."""
-    return {
-        (body["metadata"].get("namespace") or "", labels[SERVICE_LABEL]): _indexed(body, (WARMUP_ANNOTATION,))
-    }
+    return {(body["metadata"].get("namespace") or "", labels[SERVICE_LABEL]): _indexed(body, POD_ANNOTATIONS)}
 
 
 @kopf.index("", "v1", "nodes")

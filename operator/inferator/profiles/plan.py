@@ -32,6 +32,7 @@ from inferator.profiles.catalog import (
     GpuSpec,
     catalog_from_config,
 )
+from inferator.profiles.measured import CONFIGMAP, Measured, measured_for, model_identity
 from inferator.profiles.memory import GIB, gib
 from inferator.profiles.model_facts import facts_from_config, facts_from_directory
 from inferator.profiles.select import ScoredCandidate, Selection, select_profile
@@ -88,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
         "--gpu", action="append", default=[], help="allowed GPU product or short name (repeatable)"
     )
     p.add_argument("--optimize-for", choices=["latency", "throughput"])
+    p.add_argument(
+        "--rank-by",
+        choices=["static", "measured"],
+        help="measured: validation numbers first (read with --model-cache from the live cluster)",
+    )
+    p.add_argument(
+        "--measurements-namespace",
+        default="inferator-system",
+        help=f"where the operator keeps ConfigMap {CONFIGMAP} (its own namespace)",
+    )
     p.add_argument("--profile", help="pin a profile: checked for feasibility, never re-ranked")
     p.add_argument(
         "--served-model-name", help="name clients send as `model` (default: the model's directory)"
@@ -190,7 +201,9 @@ def _nodes_from_cluster(kubeconfig: str | None, in_cluster: bool) -> list[dict[s
     return [api.api_client.sanitize_for_serialization(item) for item in items]
 
 
-def _facts_from_cluster(ref: str, kubeconfig: str | None, in_cluster: bool) -> tuple[ModelFacts, str]:
+def _facts_from_cluster(
+    ref: str, kubeconfig: str | None, in_cluster: bool
+) -> tuple[ModelFacts, str, dict[str, Any]]:
     import kubernetes
 
     from inferator.api.common import API_GROUP, API_VERSION
@@ -209,7 +222,27 @@ def _facts_from_cluster(ref: str, kubeconfig: str | None, in_cluster: bool) -> t
     model = ((obj or {}).get("status") or {}).get("model")
     if not model:
         raise PlanInputError(f"ModelCache {ref} has no status.model yet (is its prefetch Job done?)")
-    return ModelFacts.model_validate(model), name
+    return ModelFacts.model_validate(model), name, obj
+
+
+def _measured_from_cluster(cache: Mapping[str, Any], namespace: str) -> dict[tuple[str, str], Measured]:
+    """The operator's validation numbers for the cache's model; none when unreadable (the plan
+    then ranks as it always does, and says so)."""
+    import kubernetes
+
+    status = cache.get("status") or {}
+    model = model_identity(
+        ((cache.get("spec") or {}).get("source") or {}).get("uri", ""),
+        status.get("resolvedRevision"),
+        status.get("contentHash"),
+    )
+    try:
+        found = kubernetes.client.CoreV1Api().read_namespaced_config_map(CONFIGMAP, namespace)
+    except kubernetes.client.ApiException as exc:
+        print(f"inferator plan: no measurements ({namespace}/{CONFIGMAP}: {exc.status} {exc.reason})",
+              file=sys.stderr)  # fmt: skip
+        return {}
+    return measured_for(found.data or {}, model)
 
 
 def _facts_from_path(path_text: str) -> tuple[ModelFacts, str]:
@@ -269,9 +302,11 @@ def _spec(args: argparse.Namespace, name: str) -> InferenceServiceSpec:
             selector[key] = values
     if args.optimize_for:
         selector["optimizeFor"] = args.optimize_for
+    if args.rank_by:
+        selector["rankBy"] = args.rank_by
     if args.profile and selector:
         raise PlanInputError(
-            "--profile pins a profile: it excludes --engine/--precision/--tp/--gpu/--optimize-for"
+            "--profile pins a profile: it excludes --engine/--precision/--tp/--gpu/--optimize-for/--rank-by"
         )
     serving: dict[str, Any] = {
         "minConcurrency": args.min_concurrency,
@@ -297,8 +332,11 @@ def _k8s_name(name: str) -> str:
     return cleaned[:253] or "model"
 
 
-def _candidate_json(rank: int, c: ScoredCandidate) -> dict[str, Any]:
+def _candidate_json(
+    rank: int, c: ScoredCandidate, measured: Mapping[tuple[str, str], Measured] | None = None
+) -> dict[str, Any]:
     estimates = c.estimates()
+    m = (measured or {}).get((c.name, c.pool.key))
     return {
         "rank": rank,
         "name": c.name,
@@ -311,10 +349,16 @@ def _candidate_json(rank: int, c: ScoredCandidate) -> dict[str, Any]:
         "reason": c.reason,
         "maxModelLen": c.max_model_len or None,
         "estimates": estimates.to_k8s() if estimates else None,
-    }
+        "measured": None
+        if m is None
+        else {"concurrency": m.concurrency, "outputTokensPerSecond": m.output_tokens_per_second,
+              "ttftP99Ms": m.ttft_p99_ms},
+    }  # fmt: skip
 
 
-def selection_to_json(selection: Selection, facts: ModelFacts) -> dict[str, Any]:
+def selection_to_json(
+    selection: Selection, facts: ModelFacts, measured: Mapping[tuple[str, str], Measured] | None = None
+) -> dict[str, Any]:
     """The machine-readable plan (shape documented in docs/plan-json.md)."""
     pool = selection.pool
     return {
@@ -359,7 +403,7 @@ def selection_to_json(selection: Selection, facts: ModelFacts) -> dict[str, Any]
             for p in selection.pools
         ],
         "excludedNodes": [{"name": e.name, "reason": e.reason} for e in selection.excluded_nodes],
-        "candidates": [_candidate_json(i + 1, c) for i, c in enumerate(selection.candidates)],
+        "candidates": [_candidate_json(i + 1, c, measured) for i, c in enumerate(selection.candidates)],
     }
 
 
@@ -370,7 +414,12 @@ def _unique(items: Iterable[str]) -> list[str]:
     return list(seen)
 
 
-def _print_table(selection: Selection, facts: ModelFacts, show_all: bool) -> None:
+def _print_table(
+    selection: Selection,
+    facts: ModelFacts,
+    show_all: bool,
+    measured: Mapping[tuple[str, str], Measured] | None = None,
+) -> None:
     from rich.console import Console, JustifyMethod
     from rich.table import Table
 
@@ -402,6 +451,7 @@ def _print_table(selection: Selection, facts: ModelFacts, show_all: bool) -> Non
         ("KV/GPU GiB", "right"),
         ("context", "right"),
         ("max seqs", "right"),
+        *((("measured", "right"),) if measured else ()),
         ("why", "left"),
     )
     for header, justify in columns:
@@ -420,6 +470,7 @@ def _print_table(selection: Selection, facts: ModelFacts, show_all: bool) -> Non
             gib(est.kv_cache_bytes_per_gpu or 0) if est else "-",
             str(c.max_model_len) if c.feasible else "-",
             str(est.max_concurrent_sequences) if est else "-",
+            *((_measured_cell((measured or {}).get((c.name, c.pool.key))),) if measured else ()),
             c.reason,
             style=style,
         )
@@ -445,12 +496,21 @@ def _print_table(selection: Selection, facts: ModelFacts, show_all: bool) -> Non
         console.print("  command: " + " ".join(profile.command), soft_wrap=True)
 
 
+def _measured_cell(m: Measured | None) -> str:
+    if m is None:
+        return "-"
+    ttft = f", TTFT p99 {m.ttft_p99_ms:.0f} ms" if m.ttft_p99_ms is not None else ""
+    return f"{m.output_tokens_per_second:.0f} tok/s @{m.concurrency}{ttft}"
+
+
 def main(argv: list[str]) -> int:
     """Entry point of `inferator plan`; returns the exit code."""
     args = _parser().parse_args(argv)
     try:
+        measured: dict[tuple[str, str], Measured] = {}
         if args.model_cache:
-            facts, name = _facts_from_cluster(args.model_cache, args.kubeconfig, args.in_cluster)
+            facts, name, cache = _facts_from_cluster(args.model_cache, args.kubeconfig, args.in_cluster)
+            measured = _measured_from_cluster(cache, args.measurements_namespace)
         elif args.model:
             facts, name = _facts_from_path(args.model)
         else:
@@ -467,15 +527,14 @@ def main(argv: list[str]) -> int:
     except PlanInputError as exc:
         print(f"inferator plan: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    selection = select_profile(
-        facts, nodes, spec, settings, catalog=catalog, served_model_name=args.served_model_name or name
-    )
+    selection = select_profile(facts, nodes, spec, settings, catalog=catalog,
+                               served_model_name=args.served_model_name or name, measured=measured)  # fmt: skip
     if args.output == "json":
-        print(json.dumps(selection_to_json(selection, facts), indent=2))
+        print(json.dumps(selection_to_json(selection, facts, measured), indent=2))
     elif args.output == "yaml":
-        print(yaml.safe_dump(selection_to_json(selection, facts), sort_keys=False), end="")
+        print(yaml.safe_dump(selection_to_json(selection, facts, measured), sort_keys=False), end="")
     else:
-        _print_table(selection, facts, args.all)
+        _print_table(selection, facts, args.all, measured)
     if selection.failure is not None:
         print(f"inferator plan: no compatible profile: {selection.failure.message}", file=sys.stderr)
         for reason in _unique(selection.failure.reasons):

@@ -32,6 +32,7 @@ from inferator.profiles import compatibility as compat
 from inferator.profiles import engines as eng
 from inferator.profiles import tasks
 from inferator.profiles.catalog import BUILTIN_CATALOG, GpuSpec, find_by_short_name_or_product
+from inferator.profiles.measured import Measured
 from inferator.profiles.memory import (
     GIB,
     MIB,
@@ -589,6 +590,28 @@ def rank_key_function(
     return key
 
 
+def rank_by_measurements(
+    ranked: Sequence[ScoredCandidate],
+    measured: Mapping[tuple[str, str], Measured],
+    preferred_target: Target,
+) -> list[ScoredCandidate]:
+    """Feasible measured candidates first, best measured first (throughput: output tokens/s;
+    latency: TTFT p99, then tokens/s); unmeasured ones after them in the static order, which a
+    stable sort keeps. Never measured, never moved: a profile gets numbers only by running."""
+
+    def key(c: ScoredCandidate) -> tuple[Any, ...]:
+        m = measured.get((c.name, c.pool.key))
+        if not c.feasible:
+            return (2,)
+        if m is None:
+            return (1,)
+        if preferred_target == "latency" and m.ttft_p99_ms is not None:
+            return (0, m.ttft_p99_ms, -m.output_tokens_per_second)
+        return (0, -m.output_tokens_per_second)
+
+    return sorted(ranked, key=key)
+
+
 def rank_candidates(
     candidates: Iterable[ScoredCandidate],
     settings: SelectionSettings,
@@ -670,6 +693,7 @@ def select_profile(
     *,
     catalog: Mapping[str, GpuSpec] | None = None,
     served_model_name: str | None = None,
+    measured: Mapping[tuple[str, str], Measured] | None = None,
 ) -> Selection:
     """Select the serving profile for `facts` on `nodes` under `spec` and the operator's `settings`.
 
@@ -678,6 +702,8 @@ def select_profile(
     catalog: the GPU catalog (built-in plus the operator ConfigMap, see `catalog_from_config`).
     served_model_name: the name clients send when the spec sets none (e.g. the cache's model id);
     falls back to the ModelCache's name.
+    measured: validation numbers by (profile name, pool key) for this model, used when the
+    spec's selector says `rankBy: measured`.
     """
     settings = settings or SelectionSettings()
     scan = nodes if isinstance(nodes, PoolScan) else pools_for_spec(nodes, spec, settings, catalog)
@@ -687,6 +713,8 @@ def select_profile(
     )
     pooling = tasks.is_pooling(tasks.plan_task(facts, spec.serving.task).task)
     ranked = rank_candidates(candidates, settings, preferred, pooling)
+    if measured and spec.selector is not None and spec.selector.rank_by == "measured":
+        ranked = rank_by_measurements(ranked, measured, preferred)
     if global_reasons:
         return _failure(global_reasons[0], global_reasons, ranked, scan)
     if not scan.pools:

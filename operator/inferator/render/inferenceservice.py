@@ -14,6 +14,8 @@ from inferator.settings import OperatorSettings
 
 SERVICE_LABEL = "inferator.dev/inference-service"
 GATEWAY_LABEL = "inferator.dev/inference-gateway"
+# On a validation Job's pod: the service it load-tests (its NetworkPolicy admits it).
+VALIDATION_LABEL = "inferator.dev/validation"
 READINESS_GATE = "inferator.dev/model-ready"
 AutoscalerKind = Literal["hpa", "keda"]
 
@@ -44,6 +46,8 @@ class UnsupportedSignal(ValueError):
 # which the runtime adds from INFERATOR_API_KEY at exec. trtllm-serve has no API key option.
 API_KEY_ENGINE_ENV = {"vllm": "VLLM_API_KEY", "vllm-cpu": "VLLM_API_KEY", "sglang": None}
 WARMUP_ANNOTATION = "inferator.dev/warmup"
+# On each serving pod: the profile it runs (a validation run measures a pod of its own profile).
+PROFILE_ANNOTATION = "inferator.dev/profile"
 
 
 def _api_key_env(inputs: ServingInputs) -> list[dict[str, Any]]:
@@ -195,6 +199,8 @@ def _peers(inputs: ServingInputs) -> list[dict[str, Any]]:
     ]
     if net.allowed_pod_labels:  # an InferenceGateway's pods in the namespace authenticate their callers
         peers.append({"podSelector": {"matchExpressions": [{"key": GATEWAY_LABEL, "operator": "Exists"}]}})
+        if inputs.spec.validation is not None and inputs.spec.validation.enabled:
+            peers.append({"podSelector": {"matchLabels": {VALIDATION_LABEL: inputs.name}}})
     namespaces = sorted({*net.allowed_namespaces, inputs.settings.operator_namespace})
     peers.append({"namespaceSelector": {"matchExpressions": [
         {"key": "kubernetes.io/metadata.name", "operator": "In", "values": namespaces}]}})  # fmt: skip
