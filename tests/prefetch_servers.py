@@ -913,7 +913,7 @@ def run_prefetch(
     config = PrefetchConfig(
         source=source,
         dest=dest,
-        mode="size" if mode == "size" else "fetch",
+        mode="size" if mode == "size" else "check" if mode == "check" else "fetch",
         termination_log=termination,
         credentials=credentials or {},
         **settings,

@@ -314,3 +314,50 @@ def test_pvc_source_is_verified_in_place_on_its_own_claim_and_served_from_its_su
         assert env["INFERATOR_CACHE_CHECK"] == "in-place"
     finally:
         cluster.kubectl("delete", "pv", pv, "--wait=false", check=False)
+
+
+def test_credentials_are_checked_on_a_schedule_and_a_revoked_token_turns_the_condition_false(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess, kubectl_json: Any, model: Model
+) -> None:
+    token = "hf_scheduled_check_token_5151515151"
+    with HfServer({"org/tiny": HfRepo(model.root)}, token=token, auth_failure_status=401) as hub:
+        cluster.apply([{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf", "namespace": namespace},
+                        "stringData": {"HF_TOKEN": token}},
+                       cache(namespace, {"uri": "hf://org/tiny", "endpoint": hub.url, "credentialsSecret": {"name": "hf"}},
+                             storage={"size": "1Gi"})])  # fmt: skip
+        assert_ready_with_facts(settled(kubectl_json, namespace), model)
+        cron = kubectl_json("cronjob/m-credentials", "-n", namespace)
+        assert cron["spec"]["schedule"] == "17 */6 * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+        pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        assert {v["name"] for v in pod["volumes"]} == {"tmp", "credentials"}  # never the cache's volume
+
+        def check_now(job: str, wanted: str) -> dict[str, Any]:
+            # What the CronJob does at its next tick, now (kubectl create job --from).
+            cluster.kubectl("create", "job", job, "--from=cronjob/m-credentials", "-n", namespace)
+
+            def condition() -> dict[str, Any] | None:
+                obj = kubectl_json("mcache/m", "-n", namespace)
+                found = next((c for c in obj["status"]["conditions"] if c["type"] == "CredentialsValid"), {})
+                return obj if found.get("status") == wanted and job_done(job) else None
+
+            result: dict[str, Any] = wait_for(condition, timeout_s=120, what=f"CredentialsValid {wanted}")
+            return result
+
+        def job_done(job: str) -> bool:
+            status = kubectl_json(f"job/{job}", "-n", namespace).get("status") or {}
+            return bool(status.get("succeeded") or status.get("failed"))
+
+        obj = check_now("check-1", "True")
+        assert obj["status"]["credentials"]["valid"] is True
+        assert obj["status"]["phase"] == "Ready"
+        downloads = [r for r in hub.requests if r.path.startswith("/cdn/")]
+        hub.token = "hf_rotated_token_6262626262"  # the Secret's token is revoked at the source
+        obj = check_now("check-2", "False")
+        assert [r for r in hub.requests if r.path.startswith("/cdn/")] == downloads  # listed, nothing fetched
+    rejected = next(c for c in obj["status"]["conditions"] if c["type"] == "CredentialsValid")
+    assert rejected["reason"] == "CredentialsRejected" and "credentials were rejected" in rejected["message"]
+    assert obj["status"]["phase"] == "Ready"  # the weights are still there; the next revision would fail
+    events = kubectl_json("events", "-n", namespace, "--field-selector", "involvedObject.name=m")["items"]
+    assert any(e["reason"] == "CredentialsRejected" for e in events)
+    text = json.dumps(obj) + json.dumps(events) + operator.log()
+    assert token not in text

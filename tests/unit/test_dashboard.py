@@ -78,3 +78,24 @@ def test_the_dashboard_covers_what_the_issue_asks_for() -> None:
 
 def vllm_metrics_in_dashboard() -> set[str]:
     return {n for n in dashboard_metrics() if n.startswith("vllm:")}
+
+
+def test_validation_results_are_exported_from_the_services_status_and_charted() -> None:
+    from inferator.controllers.metrics import VALIDATION
+
+    run = {"state": "Succeeded", "profile": "vllm-h100-bf16-tp1-latency", "kvCachePeak": 0.42, "meetsSLO": False,
+           "levels": [{"concurrency": 4, "ttftP99Ms": 250.0, "outputTokensPerSecond": 900.0}]}  # fmt: skip
+    VALIDATION.observe("team-a", "chat", run)
+    try:
+        samples = {
+            (s.name, s.labels.get("concurrency")): s.value for f in VALIDATION.collect() for s in f.samples
+        }
+        assert samples[("inferator_validation_ttft_p99_seconds", "4")] == 0.25
+        assert samples[("inferator_validation_output_tokens_per_second", "4")] == 900.0
+        assert samples[("inferator_validation_kv_cache_peak_ratio", None)] == 0.42
+        assert samples[("inferator_validation_meets_slo", None)] == 0.0
+        VALIDATION.observe("team-a", "chat", {**run, "state": "Running"})  # a new run: no stale numbers
+        assert not [s for f in VALIDATION.collect() for s in f.samples]
+    finally:
+        VALIDATION.observe("team-a", "chat", None, deleted=True)
+    assert {"inferator_validation_ttft_p99_seconds", "inferator_validation_meets_slo"} <= dashboard_metrics()

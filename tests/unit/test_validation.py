@@ -344,3 +344,26 @@ def test_measurements_are_stored_per_model_profile_and_pool_and_bad_entries_are_
     found = measurements.measured_for(data, "hf://meta/llama@abc")
     assert found == {(good.profile, "h100-80gb"): Measured(320.0, ttft_p99_ms=90.0, concurrency=4)}
     assert measurements.model_identity("hf://meta/llama", None, "c0ffee") == "hf://meta/llama@c0ffee"
+
+
+def test_a_failed_run_is_kept_until_the_spec_changes_then_measured_again() -> None:
+    from inferator.controllers.informers import View
+
+    i = inputs()
+    assert i.spec.validation is not None and i.selection.profile is not None
+    key = vrender.validation_key(i, i.spec.validation)
+    failed = ValidationStatus(profile=i.selection.profile.name, key=key, state="Failed", generation=1,
+                              job=vrender.job_name("chat", key, 1), message="the Job failed: DeadlineExceeded")  # fmt: skip
+    empty = View({}, {}, {}, {}, {}, {})
+
+    def step(generation: int) -> ctl.Outcome:
+        return ctl.step(i, failed, ready=False, pods=[], view=empty, owner=[], generation=generation,
+                        estimated_kv_tokens=None)  # fmt: skip
+
+    same = step(1)
+    assert same.conditions["Validated"][:2] == ("False", "ValidationFailed") and same.status == failed
+    changed = step(2)  # nothing Ready to measure yet: waits, and the failed run no longer stands
+    assert changed.conditions["Validated"][:2] == ("Unknown", "WaitingForReady")
+    assert (
+        vrender.job_name("chat", key, 2) != failed.job and len(vrender.job_name("x" * 63, key, 12345)) == 63
+    )

@@ -320,6 +320,10 @@ class ValidationRun(ApiModel):
     key: str = Field(description="Hash of what was measured: profile, image, cache revision, load.")
     state: Literal["Running", "Succeeded", "Failed"]
     job: str | None = None
+    generation: int | None = Field(
+        default=None,
+        description="The service's generation when the run started (a failed run is retried after a spec change).",
+    )
     started_at: str | None = None
     completed_at: str | None = None
     levels: list[ValidationLevel] = Field(default_factory=list)

@@ -105,6 +105,19 @@ class PrefetchJob(PodPlacement):
     image: str | None = Field(default=None, max_length=1024, description="Override the prefetch image.")
 
 
+class CredentialsCheck(ApiModel):
+    """A cheap authenticated listing of the source on a schedule, independent of any download:
+    a revoked or expired token shows up as a condition before the next revision needs it."""
+
+    enabled: bool = True
+    schedule: str = Field(
+        default="17 */6 * * *",
+        max_length=128,
+        pattern=r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|(\S+\s+){4}\S+)$",
+        description="When to check, as a CronJob schedule (default: every 6 hours).",
+    )
+
+
 def parse_pvc_uri(uri: str) -> tuple[str, str]:
     """'pvc://claim/some/dir' -> ('claim', 'some/dir'); '' for the volume root."""
     rest = uri.removeprefix("pvc://")
@@ -117,6 +130,11 @@ class ModelCacheSpec(ApiModel):
     storage: Storage = Field(default_factory=Storage, json_schema_extra={"default": {}})
     ownership: Ownership = Field(default_factory=Ownership, json_schema_extra={"default": {}})
     prefetch: PrefetchJob = Field(default_factory=PrefetchJob, json_schema_extra={"default": {}})
+    credentials_check: CredentialsCheck = Field(
+        default_factory=CredentialsCheck,
+        json_schema_extra={"default": {}},
+        description="With source.credentialsSecret: re-check the credentials on a schedule (a CronJob).",
+    )
 
     model_config = ApiModel.model_config | {
         "json_schema_extra": {
@@ -272,6 +290,14 @@ class Progress(ApiModel):
     bytes_per_second: int = Field(default=0, ge=0)
 
 
+class CredentialsStatus(ApiModel):
+    """The last scheduled credentials check, written by its Job (condition CredentialsValid says it)."""
+
+    valid: bool | None = Field(default=None, description="None: the source could not be reached to tell.")
+    checked_at: str | None = None
+    message: str | None = Field(default=None, max_length=4096)
+
+
 class ModelCacheStatus(ApiModel):
     phase: ModelCachePhase | None = None
     observed_generation: int | None = None
@@ -286,6 +312,7 @@ class ModelCacheStatus(ApiModel):
     size_bytes: int | None = None
     progress: Progress | None = None
     model: ModelFacts | None = None
+    credentials: CredentialsStatus | None = None
     model_error: str | None = Field(
         default=None,
         max_length=2048,

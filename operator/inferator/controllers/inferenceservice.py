@@ -35,6 +35,7 @@ from inferator.controllers.metrics import (
     RECONCILE_SECONDS,
     RECONCILES,
     TIME_TO_READY,
+    VALIDATION,
     WORKQUEUE_DEPTH,
     seconds_since,
 )
@@ -460,6 +461,7 @@ async def service_changed(
     operator is away). The generation in the status is the whole bookkeeping."""
     informers.bind(kwargs)
     CENSUS.observe(KIND, namespace or "", name, status.get("phase"), deleted=type == "DELETED")
+    VALIDATION.observe(namespace or "", name, status.get("validation"), deleted=type == "DELETED")
     key = (namespace or "", name, meta.get("uid"))
     if type == "DELETED":
         _RESUMED.discard(key)

@@ -74,6 +74,62 @@ CENSUS = PhaseCensus()
 REGISTRY.register(CENSUS)
 
 
+class ValidationResults(Collector):
+    """The last validation run of each InferenceService, from its status as the watch shows it:
+    `inferator_validation_*{namespace,service,profile[,concurrency]}`. A view of the cluster, like
+    the census: a restarted operator exports the same series once its watch has listed."""
+
+    LEVEL_METRICS = (
+        ("inferator_validation_ttft_p99_seconds", "Time to first token, p99, measured by the validation run",
+         "ttftP99Ms", 1e-3),
+        ("inferator_validation_inter_token_latency_p99_seconds", "Inter-token latency, p99, measured by the validation run",
+         "interTokenLatencyP99Ms", 1e-3),
+        ("inferator_validation_output_tokens_per_second", "Output tokens/s of one replica, measured by the validation run",
+         "outputTokensPerSecond", 1.0),
+    )  # fmt: skip
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runs: dict[tuple[str, str], dict[str, object]] = {}
+
+    def observe(
+        self, namespace: str, name: str, validation: dict[str, object] | None, deleted: bool = False
+    ) -> None:
+        with self._lock:
+            if deleted or not validation or validation.get("state") != "Succeeded":
+                self._runs.pop((namespace, name), None)
+            else:
+                self._runs[(namespace, name)] = validation
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            runs = dict(self._runs)
+        labels = ["namespace", "service", "profile"]
+        for metric, help_, key, scale in self.LEVEL_METRICS:
+            family = GaugeMetricFamily(metric, help_, labels=[*labels, "concurrency"])
+            for (namespace, name), run in sorted(runs.items()):
+                for level in run.get("levels") or []:  # type: ignore[attr-defined]
+                    if isinstance(level, dict) and isinstance(level.get(key), (int, float)):
+                        family.add_metric([namespace, name, str(run.get("profile")), str(level.get("concurrency"))],
+                                          float(level[key]) * scale)  # fmt: skip
+            yield family
+        kv = GaugeMetricFamily("inferator_validation_kv_cache_peak_ratio",
+                               "KV-cache use at the validation load's peak (0..1)", labels=labels)  # fmt: skip
+        slo = GaugeMetricFamily("inferator_validation_meets_slo",
+                                "1 when the validation run meets the service's SLO, 0 when it misses it", labels=labels)  # fmt: skip
+        for (namespace, name), run in sorted(runs.items()):
+            if isinstance(run.get("kvCachePeak"), (int, float)):
+                kv.add_metric([namespace, name, str(run.get("profile"))], float(run["kvCachePeak"]))  # type: ignore[arg-type]
+            if isinstance(run.get("meetsSLO"), bool):
+                slo.add_metric([namespace, name, str(run.get("profile"))], 1.0 if run["meetsSLO"] else 0.0)
+        yield kv
+        yield slo
+
+
+VALIDATION = ValidationResults()
+REGISTRY.register(VALIDATION)
+
+
 def seconds_since(timestamp: str | None, until: str | None = None) -> float | None:
     """Seconds between two RFC 3339 timestamps (the second defaults to now); None if unknown."""
     if not timestamp:

@@ -7,14 +7,16 @@ current generation, so a settled cache costs nothing.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import kopf
+from kubernetes.client import ApiException
 from pydantic import ValidationError
 
 from inferator.api import API_GROUP, API_VERSION, ModelCacheSpec, ModelCacheStatus
-from inferator.api.common import CONDITION_STATUS
+from inferator.api.common import CONDITION_STATUS, Condition
 from inferator.api.conditions import set_condition
 from inferator.controllers import kube
 from inferator.controllers.metrics import (
@@ -36,6 +38,7 @@ from inferator.render.inferenceservice import binary_quantity
 from inferator.settings import OperatorSettings
 
 KIND = "ModelCache"
+log = logging.getLogger(__name__)
 JobState = Literal["missing", "running", "succeeded", "failed"]
 
 
@@ -117,6 +120,57 @@ def _ensure_job(
     return "running", "", job_name
 
 
+def _ensure_credentials_check(
+    name: str,
+    namespace: str,
+    spec: ModelCacheSpec,
+    owner: list[dict[str, Any]],
+    generation: int,
+    settings: OperatorSettings,
+) -> None:
+    """The scheduled credentials check while the spec has credentials to check; none otherwise."""
+    check_name = render.credentials_check_name(name)
+    if not render.wants_credentials_check(spec):
+        if kube.get("batch/v1", "CronJob", check_name, namespace) is not None:
+            kube.delete("batch/v1", "CronJob", check_name, namespace)
+        return
+    cron = render.render_credentials_check(name, namespace, spec, settings, generation)
+    cron["metadata"]["ownerReferences"] = owner
+    try:
+        kube.apply(cron)
+    except ApiException as exc:
+        if exc.status != 422:
+            raise
+        # A schedule the schema's pattern let through but the API server's cron parser refuses:
+        # the download goes on; an Event says what to fix (CredentialsValid stays NotChecked).
+        message = (f"credentialsCheck.schedule {spec.credentials_check.schedule!r} was refused by the API "
+                   "server: use a CronJob schedule such as '17 */6 * * *'")  # fmt: skip
+        log.warning("ModelCache %s/%s: %s", namespace, name, message)
+        cache: dict[str, Any] = {
+            **owner[0],
+            "metadata": {"name": name, "namespace": namespace, "uid": owner[0]["uid"]},
+        }
+        kopf.event(cast(kopf.Body, cache), type="Warning", reason="InvalidSchedule", message=message)
+
+
+def credentials_condition(
+    spec: ModelCacheSpec, status: ModelCacheStatus
+) -> tuple[CONDITION_STATUS, str, str] | None:
+    """CredentialsValid from the last scheduled check; None when the cache has nothing to check."""
+    if not render.wants_credentials_check(spec):
+        return None
+    schedule = spec.credentials_check.schedule
+    found = status.credentials
+    if found is None or found.checked_at is None:
+        return ("Unknown", "NotChecked", f"the first scheduled check has not run yet (schedule {schedule!r})")
+    message = scrub(f"checked {found.checked_at}: {found.message or ''}".strip())
+    if found.valid is True:
+        return ("True", "CredentialsAccepted", message)
+    if found.valid is False:
+        return ("False", "CredentialsRejected", message)
+    return ("Unknown", "SourceUnreachable", message)
+
+
 def _delete_stale_jobs(name: str, namespace: str, spec: ModelCacheSpec) -> None:
     current = render.content_hash(spec)
     for job in kube.list_objects(
@@ -183,6 +237,7 @@ def reconcile(
     for obj in render.render_rbac(name, namespace, spec):
         obj["metadata"]["ownerReferences"] = owner
         kube.apply(obj)
+    _ensure_credentials_check(name, namespace, spec, owner, generation, settings)
     _delete_stale_jobs(name, namespace, spec)
 
     if spec.storage.pvc_name or spec.in_place:
@@ -290,6 +345,7 @@ def evaluate(
         current.conditions, "Ready", outcome.ready, outcome.reason, outcome.message,
         now=now_rfc3339(), generation=generation,
     )  # fmt: skip
+    conditions = _with_credentials(conditions, spec, current, generation)
     desired = {
         "phase": outcome.phase,
         "observedGeneration": generation,
@@ -298,6 +354,24 @@ def evaluate(
         "jobName": outcome.job_name,
     }
     return outcome, {k: v for k, v in desired.items() if v is not None}, current
+
+
+def _with_credentials(
+    conditions: list[Condition], spec: dict[str, Any], status: ModelCacheStatus, generation: int | None
+) -> list[Condition]:
+    """The conditions with CredentialsValid as the last check says (dropped when there is
+    nothing to check)."""
+    try:
+        parsed = ModelCacheSpec.model_validate(spec)
+    except ValidationError:
+        return conditions
+    wanted = credentials_condition(parsed, status)
+    if wanted is None:
+        return [c for c in conditions if c.type != CREDENTIALS_CONDITION]
+    return set_condition(conditions, CREDENTIALS_CONDITION, *wanted, now=now_rfc3339(), generation=generation)
+
+
+CREDENTIALS_CONDITION = "CredentialsValid"
 
 
 def _announce(body: Any, current: ModelCacheStatus, outcome: Outcome, namespace: str) -> None:
@@ -351,6 +425,32 @@ def _observe_ready(body: kopf.Body, namespace: str, status: ModelCacheStatus, ou
 
 @kopf.on.event(API_GROUP, API_VERSION, "modelcaches")
 def census_modelcache(
-    type: str | None, name: str, namespace: str | None, status: kopf.Status, **_: Any
+    type: str | None, name: str, namespace: str | None, status: kopf.Status, body: kopf.Body, **_: Any
 ) -> None:
     CENSUS.observe(KIND, namespace or "", name, status.get("phase"), deleted=type == "DELETED")
+    if type != "DELETED":
+        _credentials_changed(name, namespace or "", body)
+
+
+def _credentials_changed(name: str, namespace: str, body: kopf.Body) -> None:
+    """A scheduled check reported (its own status key): bring CredentialsValid in line, with an
+    Event when the credentials stop being accepted. Level-based: no write when they agree."""
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    status = dict(body.get("status") or {})
+    current = ModelCacheStatus.model_validate(status)
+    generation = body["metadata"].get("generation")
+    wanted = _with_credentials(current.conditions, dict(body.get("spec") or {}), current, generation)
+    before = next((c for c in current.conditions if c.type == CREDENTIALS_CONDITION), None)
+    after = next((c for c in wanted if c.type == CREDENTIALS_CONDITION), None)
+
+    def said(c: Condition | None) -> tuple[str, str, str] | None:
+        return (c.status, c.reason, c.message) if c else None
+
+    if said(before) == said(after):
+        return
+    kube.patch_status(
+        f"{API_GROUP}/{API_VERSION}", KIND, name, namespace, {"conditions": [c.to_k8s() for c in wanted]}
+    )
+    if after is not None and after.status == "False" and (before is None or before.status != "False"):
+        kopf.event(body, type="Warning", reason="CredentialsRejected", message=after.message[:1024])

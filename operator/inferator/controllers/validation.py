@@ -208,8 +208,10 @@ def step(
         return _slo_conditions(out, spec, None)
     key = render.validation_key(inputs, spec)
     run = status if status is not None and status.key == key and status.profile == profile.name else None
+    if run is not None and run.state == "Failed" and run.generation not in (None, generation):
+        run = None  # the spec changed since the run failed: measure again (a new Job)
     if run is None:
-        run = _start(inputs, spec, status, key, ready, pods, view, owner, estimated_kv_tokens)
+        run = _start(inputs, spec, status, key, ready, pods, view, owner, estimated_kv_tokens, generation)
         if run is None:
             out.conditions["Validated"] = ("Unknown", "WaitingForReady",
                                            f"the load test of profile {profile.name} starts once a pod of it is Ready")  # fmt: skip
@@ -249,18 +251,19 @@ def _start(
     view: informers.View,
     owner: list[dict[str, Any]],
     estimated_kv_tokens: int | None,
+    generation: int,
 ) -> ValidationStatus | None:
     """Create the Job for `key` (or adopt it, when an earlier pass created it and its status
     write was lost); the status of the new run, with the old one kept as `previous`."""
     profile = inputs.selection.profile
     assert profile is not None
-    name = render.job_name(inputs.name, key)
+    name = render.job_name(inputs.name, key, generation)
     job = view.get("batch/v1", "Job", name, inputs.namespace)
     if job is None:
         pod = target_pod(pods, profile.name) if ready else None
         if pod is None:
             return None
-        manifest = render.render_job(inputs, spec, key, pod["status"]["podIP"])
+        manifest = render.render_job(inputs, spec, key, pod["status"]["podIP"], generation)
         manifest["metadata"]["ownerReferences"] = owner
         informers.remember_write(kube.apply(manifest))
         log.info("InferenceService %s/%s: validation Job %s started against pod %s", inputs.namespace,
@@ -271,7 +274,7 @@ def _start(
             status.model_dump(exclude={"previous", "rejected_profile", "rejected_generation"})
         )
     return ValidationStatus(
-        profile=profile.name, key=key, state="Running", job=name, started_at=now_rfc3339(),
+        profile=profile.name, key=key, state="Running", job=name, generation=generation, started_at=now_rfc3339(),
         estimated_kv_cache_tokens=estimated_kv_tokens, previous=previous,
         rejected_profile=status.rejected_profile if status else None,
         rejected_generation=status.rejected_generation if status else None,

@@ -16,7 +16,7 @@ from typing import Literal
 
 from inferator.prefetch.redact import SECRET_ENV_VARS
 
-Mode = Literal["size", "fetch"]
+Mode = Literal["size", "fetch", "check"]
 
 DEFAULT_PARALLEL = 8
 DEFAULT_STALL_TIMEOUT_S = 120.0  # the CRD's default (spec.prefetch.stallTimeoutSeconds)
@@ -72,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dest", help="cache root (INFERATOR_DEST, /cache in the Job)")
     parser.add_argument(
-        "--mode", choices=["size", "fetch"], help="size: list and report only; fetch: download"
+        "--mode",
+        choices=["size", "fetch", "check"],
+        help="size: list and report only; fetch: download; check: list to check the credentials, report them",
     )
     parser.add_argument("--endpoint", help="Hugging Face mirror or S3-compatible endpoint URL")
     parser.add_argument("--region", help="S3 region")
@@ -125,8 +127,8 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> PrefetchConf
     if not source:
         parser.error("no source: pass --source or set INFERATOR_SOURCE")
     mode = pick(args.mode, "INFERATOR_MODE") or "fetch"
-    if mode not in ("size", "fetch"):
-        parser.error(f"INFERATOR_MODE must be 'size' or 'fetch', not {mode!r}")
+    if mode not in ("size", "fetch", "check"):
+        parser.error(f"INFERATOR_MODE must be 'size', 'fetch' or 'check', not {mode!r}")
     if not dest:
         if mode == "fetch" or source.startswith("pvc://"):
             parser.error("no destination: pass --dest or set INFERATOR_DEST")
@@ -147,7 +149,7 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> PrefetchConf
     return PrefetchConfig(
         source=source,
         dest=Path(dest),
-        mode="size" if mode == "size" else "fetch",
+        mode="size" if mode == "size" else "check" if mode == "check" else "fetch",
         # By hand, the variables huggingface_hub and boto3 users already have set also work.
         endpoint=pick(args.endpoint, "INFERATOR_ENDPOINT")
         or (environ.get("HF_ENDPOINT") if source.startswith("hf://") else None)

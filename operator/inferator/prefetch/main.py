@@ -19,6 +19,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from inferator.api.cache_manifest import CacheManifest
@@ -28,6 +29,7 @@ from inferator.prefetch.download import Downloader, plan_downloads
 from inferator.prefetch.errors import (
     EXIT_OK,
     EXIT_RETRYABLE,
+    AuthError,
     NoSpaceError,
     PrefetchError,
     VerificationError,
@@ -50,6 +52,7 @@ from inferator.prefetch.report import (
     Reporter,
     StatusSink,
     StdoutSink,
+    credentials_status,
     final_status,
     size_status,
 )
@@ -128,6 +131,27 @@ def run_size(config: PrefetchConfig, reporter: Reporter) -> str:
     summary = f"{source.describe()}{revision}: {len(listing.files)} files, {listing.total_bytes} bytes"
     log.info("%s", summary)
     reporter.final(size_status(config.content_hash, listing.total_bytes, listing.revision))
+    return summary
+
+
+def run_check(config: PrefetchConfig, reporter: Reporter) -> str:
+    """List the source with the credentials (what a download would do first, and nothing more)
+    and report whether they were accepted. A refusal is reported and fails the run; a source
+    that cannot be reached says nothing about the credentials (valid: null)."""
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    source = open_source(config, RetryPolicy(config.max_attempts, config.retry_backoff_s))
+    try:
+        listing = source.list_files()
+    except AuthError as exc:
+        reporter.final(credentials_status(False, reporter.redactor(str(exc)), now))
+        raise
+    except PrefetchError as exc:
+        reporter.final(
+            credentials_status(None, reporter.redactor(f"could not check the credentials: {exc}"), now)
+        )
+        raise
+    summary = f"credentials accepted: {source.describe()} listed ({len(listing.files)} files)"
+    reporter.final(credentials_status(True, summary, now))
     return summary
 
 
@@ -259,7 +283,8 @@ def execute(config: PrefetchConfig, sink: StatusSink, redactor: Redactor) -> int
     """Run one prefetch; the exit code. Every failure leaves a one-line, secret-free reason."""
     reporter = Reporter(sink, redactor)
     try:
-        summary = run_size(config, reporter) if config.mode == "size" else run_fetch(config, reporter)
+        runs = {"size": run_size, "check": run_check, "fetch": run_fetch}
+        summary = runs[config.mode](config, reporter)
     except PrefetchError as exc:
         code, reason = exc.exit_code, str(exc)
     except OSError as exc:

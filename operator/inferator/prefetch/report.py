@@ -1,7 +1,7 @@
 """Reporting on the ModelCache: merge patches of its `status` subresource, or stdout when run by hand.
 
 The Job owns exactly these status keys: contentHash, sizeBytes, resolvedRevision, model, modelError,
-progress. The operator owns the rest (phase, conditions, pvcName, jobName, ...), and a JSON
+progress, and the scheduled credentials check its own `credentials`. The operator owns the rest (phase, conditions, pvcName, jobName, ...), and a JSON
 merge patch only touches the keys it names, so the two writers never overwrite each other.
 Progress reports are best effort (a failed one is logged and the download goes on); the
 final report must land, or the run fails (exit 1) so the Job retries it.
@@ -38,6 +38,12 @@ def size_status(content_hash: str | None, size_bytes: int, revision: str | None)
     if content_hash:
         status["contentHash"] = content_hash
     return status
+
+
+def credentials_status(valid: bool | None, message: str, checked_at: str) -> dict[str, Any]:
+    """What a credentials check reports (its own status key; the operator turns it into the
+    CredentialsValid condition)."""
+    return {"credentials": {"valid": valid, "checkedAt": checked_at, "message": message}}
 
 
 def progress_status(progress: Progress) -> dict[str, Any]:

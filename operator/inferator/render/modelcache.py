@@ -188,3 +188,56 @@ def render_job(
         image_pull_secrets=[r.to_k8s() for r in prefetch.image_pull_secrets or []],
         resources=prefetch.resources.to_k8s() if prefetch.resources else DEFAULT_PREFETCH_RESOURCES,
     )
+
+
+CHECK_LABEL = "inferator.dev/credentials-check"
+
+
+def credentials_check_name(cache_name: str) -> str:
+    """At most 52 characters, a CronJob's limit (its Jobs add 11)."""
+    return f"{bounded(cache_name, _MAX_PREFIX)}-credentials"
+
+
+def wants_credentials_check(spec: ModelCacheSpec) -> bool:
+    """A check needs credentials to check and a remote source (pvc:// has none)."""
+    return bool(
+        spec.source.credentials_secret
+        and spec.credentials_check.enabled
+        and credential_keys(spec.source.uri)
+        and not spec.in_place
+    )
+
+
+def render_credentials_check(
+    cache_name: str, namespace: str, spec: ModelCacheSpec, settings: OperatorSettings, generation: int
+) -> dict[str, Any]:
+    """The scheduled credentials check: the prefetch Job's pod in `check` mode (the same image,
+    service account, Secret keys and placement; no volume but /tmp), one run at a time.
+
+    Its Jobs carry CHECK_LABEL instead of the cache label, so the cache's stale-Job cleanup
+    never takes them for an outdated download."""
+    job = render_job(cache_name, namespace, spec, settings, mode="check", generation=generation)
+    job_spec = dict(job["spec"])
+    job_spec["backoffLimit"] = 1
+    job_spec.pop("podFailurePolicy", None)
+    job_spec["activeDeadlineSeconds"] = 600
+    job_spec["ttlSecondsAfterFinished"] = 3600
+    job_labels = {k: v for k, v in labels(cache_name).items() if k != CACHE_LABEL}
+    job_labels[CHECK_LABEL] = cache_label_value(cache_name)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {
+            "name": credentials_check_name(cache_name),
+            "namespace": namespace,
+            "labels": job_labels,
+        },
+        "spec": {
+            "schedule": spec.credentials_check.schedule,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 3600,
+            "successfulJobsHistoryLimit": 1,
+            "failedJobsHistoryLimit": 1,
+            "jobTemplate": {"metadata": {"labels": job_labels}, "spec": job_spec},
+        },
+    }

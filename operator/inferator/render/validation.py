@@ -44,12 +44,16 @@ def validation_key(inputs: ServingInputs, validation: Validation) -> str:
     return hashlib.sha256(json.dumps(measured, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def job_name(service: str, key: str) -> str:
-    """At most 63 characters: the Job's name is also a label value on its pods."""
-    return f"{service[:42]}-validate-{key[:10]}"
+def job_name(service: str, key: str, generation: int) -> str:
+    """At most 63 characters (the Job's name is also a label value on its pods). The generation
+    makes a retry after a spec change a new Job rather than the failed one found again."""
+    suffix = f"-validate-{key[:10]}-{generation}"
+    return service[: 63 - len(suffix)] + suffix
 
 
-def render_job(inputs: ServingInputs, validation: Validation, key: str, pod_ip: str) -> dict[str, Any]:
+def render_job(
+    inputs: ServingInputs, validation: Validation, key: str, pod_ip: str, generation: int = 1
+) -> dict[str, Any]:
     """The Job measuring the pod at `pod_ip`: one pod, so numbers are per replica and the KV
     peak is that pod's. It runs where the service's own scheduling says (its node selector
     and tolerations), not on the GPU pool: it needs no GPU."""
@@ -78,7 +82,7 @@ def render_job(inputs: ServingInputs, validation: Validation, key: str, pod_ip: 
     pod_labels |= {"app.kubernetes.io/name": "inferator-validation", VALIDATION_LABEL: inputs.name}
     return render_manifest(
         "validation-job.yaml.j2",
-        job_name=job_name(inputs.name, key),
+        job_name=job_name(inputs.name, key, generation),
         namespace=inputs.namespace,
         labels={**service_labels, VALIDATION_LABEL: inputs.name},
         pod_labels=pod_labels,
