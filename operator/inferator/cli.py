@@ -20,6 +20,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "serving container entrypoint: assert the profile, exec the engine",
     ),
     "warmup": ("inferator.runtime.warmup", "in a serving container: list the model and generate one token"),
+    "probe": (
+        "inferator.runtime.probe",
+        "health probe of a multi-node group's pod (the leader's endpoint; workers: alive)",
+    ),
     "validate": (
         "inferator.runtime.validate",
         "the validation Job: load-test one serving pod (vllm bench serve)",

@@ -109,10 +109,13 @@ def specs(draw: st.DrawFn, facts: ModelFacts) -> InferenceServiceSpec:
     return InferenceServiceSpec.model_validate(body)
 
 
-def _formula_bytes_per_gpu(facts: ModelFacts, precision: Any, tp: int, length: int, conc: int) -> int:
-    """The documented formula, written out independently: weights/TP + KV for length x concurrency."""
+def _formula_bytes_per_gpu(
+    facts: ModelFacts, precision: Any, tp: int, length: int, conc: int, stages: int = 1
+) -> int:
+    """The documented formula, written out independently: weights/(TP x PP) + KV for length x
+    concurrency, the layers (weights and KV) split evenly over the pipeline stages (nodes)."""
     kv_per_token = 2 * facts.num_layers * max(1, facts.num_key_value_heads // tp) * facts.head_dim * 2
-    return math.ceil(weight_bytes(facts, precision) / tp) + kv_per_token * length * conc
+    return math.ceil(weight_bytes(facts, precision) / (tp * stages)) + kv_per_token * length * conc // stages
 
 
 @PROFILE_SETTINGS
@@ -133,6 +136,10 @@ def test_a_selection_is_always_feasible(
     assert chosen.memory.required_bytes_per_gpu <= chosen.memory.available_bytes_per_gpu
     assert facts.num_attention_heads % chosen.tensor_parallel_size == 0
     assert chosen.tensor_parallel_size <= max(chosen.pool.gpus_per_node, 1)
+    assert chosen.nodes <= chosen.pool.largest_domain and chosen.nodes <= facts.num_layers
+    if chosen.nodes > 1:  # a replica spans nodes only when no single node holds the model
+        assert not any(c.feasible and c.nodes == 1 for c in selection.candidates)
+        assert chosen.tensor_parallel_size == chosen.pool.gpus_per_node
     if spec.serving.max_model_len is not None:
         assert chosen.max_model_len == spec.serving.max_model_len
     gpu = chosen.pool.gpu
@@ -200,7 +207,12 @@ def test_estimates_never_under_count_the_documented_formula(
         if candidate.memory is None or candidate.pool.gpu is None:
             continue
         formula = _formula_bytes_per_gpu(
-            facts, candidate.precision, candidate.tensor_parallel_size, candidate.max_model_len, conc
+            facts,
+            candidate.precision,
+            candidate.tensor_parallel_size,
+            candidate.max_model_len,
+            conc,
+            candidate.nodes,
         )
         assert candidate.memory.required_bytes_per_gpu >= formula
         if candidate.feasible:

@@ -38,6 +38,15 @@ class ProfileSelector(ApiModel):
     tensor_parallel_sizes: list[Annotated[int, Field(ge=1, le=64)]] = Field(
         default_factory=list, max_length=8
     )
+    nodes: list[Annotated[int, Field(ge=1, le=16)]] = Field(
+        default_factory=list,
+        max_length=8,
+        description=(
+            "Nodes per replica: 1 is one node; more spans nodes (tensor parallel within a node, "
+            "pipeline stages across nodes). By default several nodes are considered only when no "
+            "single node holds the model."
+        ),
+    )
     gpu_products: list[str] = Field(
         default_factory=list,
         max_length=32,

@@ -28,6 +28,11 @@ class ServingProfile(ApiModel):
     engine: Engine
     precision: Precision
     tensor_parallel_size: int = Field(ge=1)
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        description="Nodes one replica spans (pipeline stages); each node runs tensorParallelSize GPUs.",
+    )
     target: Target
     gpu_product: str | None = Field(
         default=None, description="Normalised nvidia.com/gpu.product the profile was chosen for; None on CPU."

@@ -46,6 +46,7 @@ from inferator.controllers.status import changed_fields, now_rfc3339, with_remov
 from inferator.controllers.warmup import gate_condition, needs_warmup, warm_up
 from inferator.profiles.measured import Measured
 from inferator.profiles.select import Selection, select_profile
+from inferator.render import groups
 from inferator.render import inferenceservice as render
 from inferator.settings import OperatorSettings
 
@@ -93,7 +94,11 @@ def _gate_pods(pods: list[dict[str, Any]], profile: ServingProfile) -> str | Non
         if not ip:
             continue
         annotations = pod["metadata"].get("annotations") or {}
-        if annotations.get(render.WARMUP_ANNOTATION) == "in-pod":
+        rank = (pod["metadata"].get("labels") or {}).get(groups.POD_INDEX_LABEL, "0")
+        if groups.GROUP_LABEL in (pod["metadata"].get("labels") or {}) and rank != "0":
+            # A multi-node group's worker serves no API: its leader's warm-up answers for the group.
+            passed, message = True, f"rank {rank} of a multi-node group: its leader serves and is warmed up"
+        elif annotations.get(render.WARMUP_ANNOTATION) == "in-pod":
             # The startup probe ran `inferator warmup` with the API key; started means it passed.
             started = all(
                 cs.get("started") for cs in (pod.get("status") or {}).get("containerStatuses") or [{}]
@@ -272,22 +277,25 @@ def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.V
             kube.delete(api_version, kind, name, namespace)
             informers.forget(api_version, kind, namespace, name)
 
-    deployment = view.get("apps/v1", "Deployment", name, namespace) or {}
-    dstatus = deployment.get("status") or {}
-    replicas, ready = int(dstatus.get("replicas") or 0), int(dstatus.get("readyReplicas") or 0)
-    out |= {"replicas": replicas, "readyReplicas": ready}
-    available = next((c for c in dstatus.get("conditions") or [] if c["type"] == "Available"), None)
-    if available and available["status"] == "True":
-        conds.set("Available", "True", "MinimumReplicasAvailable", f"{ready}/{replicas} replicas ready")
-    else:
-        conds.set(
-            "Available",
-            "False",
-            "Deploying",
-            (available or {}).get("message") or "waiting for the Deployment",
-        )
-    desired_replicas = int((deployment.get("spec") or {}).get("replicas") or 0)
+    wanted_sets = {o["metadata"]["name"] for o in desired if o["kind"] == "StatefulSet"}
+    for stale in view.owned("apps/v1", "StatefulSet", namespace, name):
+        if stale["metadata"]["name"] not in wanted_sets:  # fewer groups, or one node per replica again
+            kube.delete("apps/v1", "StatefulSet", stale["metadata"]["name"], namespace)
+            informers.forget("apps/v1", "StatefulSet", namespace, stale["metadata"]["name"])
+    headless = groups.headless_name(name)
+    if not wanted_sets and view.get("v1", "Service", headless, namespace) is not None:
+        kube.delete("v1", "Service", headless, namespace)
+        informers.forget("v1", "Service", namespace, headless)
+
     pods = view.pods(namespace, name)
+    if profile.nodes > 1:
+        replicas, ready, desired_replicas, rolled_out = _group_status(
+            view, namespace, name, wanted_sets, conds
+        )
+        _restart_broken_groups(body, namespace, pods)
+    else:
+        replicas, ready, desired_replicas, rolled_out = _deployment_status(view, namespace, name, conds)
+    out |= {"replicas": replicas, "readyReplicas": ready}
     warmup_failure = _gate_pods(pods, profile)
     refusal = _refusal(pods)
     if desired_replicas == 0 and replicas == 0:
@@ -311,7 +319,6 @@ def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.V
         # Scaling up or rolling out: still progressing, not degraded (Argo CD reads the phase).
         conds.set("Ready", "False", "Deploying", f"{ready}/{desired_replicas} replicas ready")
         phase = "Deploying"
-    rolled_out = int(dstatus.get("updatedReplicas") or 0) == replicas and replicas >= 1
     checked = validation.step(inputs, status.validation, phase == "Ready" and rolled_out, pods, view, owner,
                               generation, selection.estimates.kv_cache_tokens if selection.estimates else None)  # fmt: skip
     if checked.status is not None:
@@ -330,6 +337,65 @@ def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.V
             log.warning("InferenceService %s/%s: measurement not recorded in %s/%s: %s %s", namespace, name,
                         inputs.settings.operator_namespace, measurements.CONFIGMAP, exc.status, exc.reason)  # fmt: skip
     return _finish(out, status, conds, phase, generation)
+
+
+def _deployment_status(
+    view: informers.View, namespace: str, name: str, conds: Conditions
+) -> tuple[int, int, int, bool]:
+    """Replicas, ready replicas, replicas asked for, and whether the rollout is done."""
+    deployment = view.get("apps/v1", "Deployment", name, namespace) or {}
+    dstatus = deployment.get("status") or {}
+    replicas, ready = int(dstatus.get("replicas") or 0), int(dstatus.get("readyReplicas") or 0)
+    available = next((c for c in dstatus.get("conditions") or [] if c["type"] == "Available"), None)
+    if available and available["status"] == "True":
+        conds.set("Available", "True", "MinimumReplicasAvailable", f"{ready}/{replicas} replicas ready")
+    else:
+        conds.set(
+            "Available",
+            "False",
+            "Deploying",
+            (available or {}).get("message") or "waiting for the Deployment",
+        )
+    desired = int((deployment.get("spec") or {}).get("replicas") or 0)
+    rolled_out = int(dstatus.get("updatedReplicas") or 0) == replicas and replicas >= 1
+    return replicas, ready, desired, rolled_out
+
+
+def _group_status(
+    view: informers.View, namespace: str, name: str, wanted: set[str], conds: Conditions
+) -> tuple[int, int, int, bool]:
+    """A multi-node replica is a group: ready when every pod of its StatefulSet is."""
+    sets = [
+        s for s in view.owned("apps/v1", "StatefulSet", namespace, name) if s["metadata"]["name"] in wanted
+    ]
+    ready = rolled = 0
+    size = 0
+    for group in sets:
+        size = int((group.get("spec") or {}).get("replicas") or 0)
+        st = group.get("status") or {}
+        ready += int(st.get("readyReplicas") or 0) == size > 0
+        rolled += int(st.get("updatedReplicas") or 0) == size and st.get("currentRevision") == st.get(
+            "updateRevision"
+        )
+    if ready:
+        conds.set("Available", "True", "MinimumReplicasAvailable",
+                  f"{ready}/{len(wanted)} groups of {size} nodes ready")  # fmt: skip
+    else:
+        conds.set("Available", "False", "Deploying", f"0/{len(wanted)} groups of {size or '?'} nodes ready")
+    return len(sets), ready, len(wanted), rolled == len(sets) and len(sets) >= 1
+
+
+def _restart_broken_groups(body: dict[str, Any], namespace: str, pods: list[dict[str, Any]]) -> None:
+    """Delete the pods of a group that lost a member, so that it starts again together (what
+    LeaderWorkerSet's RecreateGroupOnPodRestart does)."""
+    for group, (names, why) in groups.broken_groups(pods).items():
+        log.info(
+            "InferenceService %s/%s: restarting group %s: %s", namespace, body["metadata"]["name"], group, why
+        )
+        for pod in names:
+            kube.delete("v1", "Pod", pod, namespace)
+        kopf.event(cast(kopf.Body, body), type="Warning", reason="GroupRestarted",
+                   message=f"group {group}: {why}; deleted {', '.join(names)}"[:1024])  # fmt: skip
 
 
 def _finish(
@@ -493,6 +559,12 @@ def _child_changed(
         foreign = type == "DELETED" or validation.finished(child) is not None
         if not foreign:
             return
+    elif child.get("kind") == "StatefulSet" and not foreign:
+        # A multi-node group's progress (pods ready, replaced): its owner counts groups.
+        view = informers.bind(kwargs)
+        if view.service(namespace or "", labels[render.SERVICE_LABEL]) is not None:
+            QUEUE.add((namespace or "", labels[render.SERVICE_LABEL]), after_s=REFRESH_DELAY_S)
+        return
     elif not foreign and child.get("kind") != "Deployment":
         return  # our own apply of a child coming back: nothing to do
     view = informers.bind(kwargs)

@@ -36,7 +36,10 @@ from inferator.render.inferenceservice import PROFILE_ANNOTATION, SERVICE_LABEL,
 # Every kind an InferenceService renders: (group, version, plural, kind, optional). The
 # required children always exist; an optional one is deleted when the spec no longer asks for it.
 CHILD_RESOURCES = (
-    ("apps", "v1", "deployments", "Deployment", False),
+    # Optional: a multi-node profile runs as StatefulSets (render/groups.py) instead.
+    ("apps", "v1", "deployments", "Deployment", True),
+    # Multi-node groups, named per group (never the service's name): listed with View.owned.
+    ("apps", "v1", "statefulsets", "StatefulSet", True),
     ("", "v1", "services", "Service", False),
     ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", False),
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True),
@@ -230,6 +233,17 @@ class View:
         seen = json.loads(text) if text else None
         ours = OWN_WRITES.newer_than(key, resource_version(seen) if seen else -1)
         return json.loads(ours) if ours else seen
+
+    def owned(self, api_version: str, kind: str, namespace: str, service: str) -> list[dict[str, Any]]:
+        """The children of one kind a service owns under names of their own (a multi-node
+        replica's StatefulSets): found by label in the index, sorted by name."""
+        found = []
+        for key in list(self.children.keys()):
+            if key[0] == api_version and key[1] == kind and key[2] == namespace:
+                obj = self.get(api_version, kind, key[3], namespace)
+                if obj and ((obj.get("metadata") or {}).get("labels") or {}).get(SERVICE_LABEL) == service:
+                    found.append(obj)
+        return sorted(found, key=lambda o: o["metadata"]["name"])
 
     def service(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.get(f"{API_GROUP}/{API_VERSION}", "InferenceService", name, namespace)

@@ -93,6 +93,8 @@ class LaunchInputs:
     task: str = "generate"
     # vLLM's --convert for a causal LM served as a pooling model (Qwen3-Embedding): embed or classify.
     convert: str | None = None
+    # Nodes one replica spans: one pipeline stage per node (see multi_node_args).
+    nodes: int = 1
 
 
 def max_num_seqs(target: Target, min_concurrency: int) -> int:
@@ -197,7 +199,51 @@ def engine_command(inputs: LaunchInputs) -> list[str]:
             argv += ["--dtype", dtype]
         if inputs.online_quantization:
             argv += ["--quantization", inputs.precision]
+    if inputs.nodes > 1:
+        if inputs.engine == "vllm":
+            # The module entry point has no --headless: multi-node runs through `vllm serve`,
+            # which starts no API server on the workers. Same flags, the model positional.
+            argv = ["vllm", "serve", inputs.model_dir, *argv[5:]]
+        argv += multi_node_args(inputs.engine, inputs.nodes)
     return argv + list(inputs.extra_args)
+
+
+# The rendezvous port of a multi-node group (the leader listens, the workers connect).
+RENDEZVOUS_PORT = 29500
+# What the runtime adds on each pod of a group, from its rank and the leader's address.
+RANK_ENV = "INFERATOR_NODE_RANK"
+LEADER_ENV = "INFERATOR_LEADER_ADDRESS"
+
+
+def multi_node_args(engine: Engine, nodes: int) -> list[str]:
+    """The arguments every pod of a group shares: pipeline stages = nodes. The pod's rank and the
+    leader's address are known only in the pod; `rank_args` adds them there.
+
+    vLLM (docs, "Parallelism and scaling", multi-node without Ray): `--nnodes`, `--node-rank`,
+    `--master-addr`, `--master-port`, and `--headless` on every node but the first.
+    SGLang (server arguments): `--nnodes`, `--node-rank`, `--dist-init-addr host:port`, `--pp-size`.
+    """
+    if engine == "vllm":
+        return [
+            "--pipeline-parallel-size",
+            str(nodes),
+            "--nnodes",
+            str(nodes),
+            "--master-port",
+            str(RENDEZVOUS_PORT),
+        ]
+    if engine == "sglang":
+        return ["--pp-size", str(nodes), "--nnodes", str(nodes)]
+    raise ValueError(f"engine {engine} has no multi-node launch here")
+
+
+def rank_args(engine: Engine, rank: int, leader: str) -> list[str]:
+    """The arguments of one pod of a group: its rank and where the leader listens."""
+    if engine == "vllm":
+        return ["--node-rank", str(rank), "--master-addr", leader, *(["--headless"] if rank > 0 else [])]
+    if engine == "sglang":
+        return ["--node-rank", str(rank), "--dist-init-addr", f"{leader}:{RENDEZVOUS_PORT}"]
+    raise ValueError(f"engine {engine} has no multi-node launch here")
 
 
 def listen_port(extra_args: tuple[str, ...] | list[str], default: int = PORT) -> int:

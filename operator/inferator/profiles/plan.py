@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--optimize-for", choices=["latency", "throughput"])
     p.add_argument(
+        "--nodes-per-replica",
+        type=int,
+        action="append",
+        help="nodes per replica to consider (repeatable; default: one, several only when no node holds the model)",
+    )
+    p.add_argument(
         "--rank-by",
         choices=["static", "measured"],
         help="measured: validation numbers first (read with --model-cache from the live cluster)",
@@ -304,6 +310,8 @@ def _spec(args: argparse.Namespace, name: str) -> InferenceServiceSpec:
         selector["optimizeFor"] = args.optimize_for
     if args.rank_by:
         selector["rankBy"] = args.rank_by
+    if args.nodes_per_replica:
+        selector["nodes"] = args.nodes_per_replica
     if args.profile and selector:
         raise PlanInputError(
             "--profile pins a profile: it excludes --engine/--precision/--tp/--gpu/--optimize-for/--rank-by"
@@ -344,6 +352,7 @@ def _candidate_json(
         "engine": c.engine,
         "precision": c.precision,
         "tensorParallelSize": c.tensor_parallel_size,
+        "nodes": c.nodes,
         "target": c.target,
         "feasible": c.feasible,
         "reason": c.reason,
@@ -486,6 +495,22 @@ def _print_table(
             f"\n[bold green]Selected[/bold green] {profile.name} on pool {selection.pool.key} "
             f"(nodes: {', '.join(selection.pool.node_names)})"
         )
+        if profile.nodes > 1:
+            console.print(
+                f"  spans {profile.nodes} nodes per replica (tp{profile.tensor_parallel_size} in each node x "
+                f"pp{profile.nodes} across them): no single node of any pool holds the model; one pod per node, "
+                "rank 0 serves the API"
+            )
+        else:
+            considered = any(c.nodes > 1 for c in selection.candidates)
+            console.print(
+                "  one node per replica"
+                + (
+                    ""
+                    if considered
+                    else " (several nodes are considered only when no single node holds the model, or with --nodes-per-replica)"
+                )
+            )
         console.print(
             f"  GPUs per pod: {selection.gpu_request}   /dev/shm: {selection.shm_size_bytes // GIB} GiB   "
             f"context: {selection.max_model_len} tokens   health: {profile.health_path}   "

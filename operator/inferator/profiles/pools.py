@@ -9,6 +9,7 @@ them (`kubectl get nodes -o yaml`, or the kubernetes client's `.to_dict()` after
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,23 @@ class Taint:
         return {"key": self.key, "operator": "Equal", "value": self.value, "effect": self.effect}
 
 
+# Labels that name a topology domain, most specific first: NVIDIA's NVLink clique (GB200 NVL72
+# racks), then the zone. A multi-node group stays within the first one every node of its pool
+# carries (a group across zones would run its pipeline over the slowest links there are).
+TOPOLOGY_KEYS = ("nvidia.com/gpu.clique", "topology.kubernetes.io/zone")
+
+
+def topology_domains(labels: Sequence[Mapping[str, str]]) -> tuple[str | None, tuple[tuple[str, int], ...]]:
+    """The first TOPOLOGY_KEYS label all these nodes carry, and its values with their node counts
+    (most nodes first, then by name); (None, ()) when they share none."""
+    for key in TOPOLOGY_KEYS:
+        values = [node.get(key) for node in labels]
+        if values and all(values):
+            counts = Counter(str(v) for v in values)
+            return key, tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return None, ()
+
+
 @dataclass(frozen=True, slots=True)
 class GpuPool:
     """Nodes that can give a pod `gpus_per_node` GPUs of one product.
@@ -88,6 +106,15 @@ class GpuPool:
     memory_bytes_per_node: int
     cpu_bf16: bool = False
     taints: tuple[Taint, ...] = ()
+    # The topology label every node of the pool carries (TOPOLOGY_KEYS), and how many of the
+    # pool's nodes each of its values holds, most first: where a multi-node group fits.
+    topology_key: str | None = None
+    domains: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def largest_domain(self) -> int:
+        """Nodes of the pool a multi-node group can span while staying in one topology domain."""
+        return self.domains[0][1] if self.topology_key else self.node_count
 
     @property
     def node_count(self) -> int:
@@ -209,10 +236,12 @@ def gpu_pools(
     groups: dict[tuple[str, int], list[tuple[str, GpuSpec | None, str, int, bool, tuple[Taint, ...]]]] = {}
     excluded: list[ExcludedNode] = []
     described: dict[tuple[str | None, ...], tuple[GpuSpec | None, str]] = {}
+    node_labels: dict[str, Mapping[str, str]] = {}
     for node in nodes:
         metadata = node.get("metadata") or {}
         name = str(metadata.get("name", "?"))
         labels: Mapping[str, str] = metadata.get("labels") or {}
+        node_labels[name] = labels
         spec = node.get("spec") or {}
         status = node.get("status") or {}
         allocatable: Mapping[str, Any] = status.get("allocatable") or {}
@@ -282,6 +311,7 @@ def gpu_pools(
                 )
         key = CPU_POOL_KEY if first_gpu is None else f"{short}-x{count}"
         taints = tuple(sorted({t for m in members for t in m[5]}, key=lambda t: (t.key, t.effect)))
+        topology_key, domains = topology_domains([node_labels[m[0]] for m in members])
         pools.append(
             GpuPool(
                 key=key,
@@ -292,6 +322,8 @@ def gpu_pools(
                 memory_bytes_per_node=min(m[3] for m in members),
                 cpu_bf16=all(m[4] for m in members),
                 taints=taints,
+                topology_key=topology_key,
+                domains=domains,
             )
         )
     return PoolScan(tuple(pools), tuple(sorted(excluded, key=lambda e: e.name)))

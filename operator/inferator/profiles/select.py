@@ -94,6 +94,8 @@ class ScoredCandidate:
     online_quantization: bool = False
     # Fits, but the GPU-count policy does not offer it (a pin or a TP selector still may).
     held_back: bool = False
+    # Nodes one replica spans: tensor parallel within each node, pipeline stages across them.
+    nodes: int = 1
 
     def to_api(self) -> Candidate:
         return Candidate(name=self.name, feasible=self.feasible, reason=f"{self.pool.key}: {self.reason}")
@@ -185,6 +187,7 @@ class _Constraints:
     precisions: frozenset[str] | None
     tps: frozenset[int] | None
     gpu_products: frozenset[str] | None
+    nodes: frozenset[int] | None = None
 
 
 def _constraints(spec: InferenceServiceSpec, catalog: Mapping[str, GpuSpec] | None) -> _Constraints:
@@ -197,10 +200,15 @@ def _constraints(spec: InferenceServiceSpec, catalog: Mapping[str, GpuSpec] | No
         precisions=frozenset(sel.precisions) or None,
         tps=frozenset(sel.tensor_parallel_sizes) or None,
         gpu_products=frozenset(find_by_short_name_or_product(p, cat) for p in sel.gpu_products) or None,
+        nodes=frozenset(sel.nodes) or None,
     )
 
 
-def _selector_reason(c: _Constraints, engine: str, precision: str, tp: int, pool: GpuPool) -> str:
+def _selector_reason(
+    c: _Constraints, engine: str, precision: str, tp: int, pool: GpuPool, nodes: int = 1
+) -> str:
+    if c.nodes is not None and nodes not in c.nodes:
+        return f"{nodes} node{'s' if nodes > 1 else ''} per replica not allowed by selector.nodes {sorted(c.nodes)}"
     if c.engines is not None and engine not in c.engines:
         return f"engine {engine} not allowed by selector.engines {sorted(c.engines)}"
     if c.precisions is not None and precision not in c.precisions:
@@ -354,14 +362,15 @@ def _per_target(
     native: bool,
     online: bool,
     policy: Mapping[str, str] | None = None,
+    nodes: int = 1,
 ) -> list[ScoredCandidate]:
     """One candidate per target for a verdict (targets share memory; they differ in rank, GPU count policy and flags)."""
     fits, reason, plan, length = verdict
-    excluded = _selector_reason(constraints, engine, precision, tp, pool)
+    excluded = _selector_reason(constraints, engine, precision, tp, pool, nodes)
     policy = policy or {}
     return [
         ScoredCandidate(
-            name=profile_name(engine, device_short_name, precision, tp, target),
+            name=profile_name(engine, device_short_name, precision, tp, target, nodes),
             engine=engine,
             precision=precision,
             tensor_parallel_size=tp,
@@ -374,6 +383,7 @@ def _per_target(
             native=native,
             online_quantization=online,
             held_back=bool(fits and not excluded and policy.get(target)),
+            nodes=nodes,
         )
         for target in TARGETS
     ]
@@ -454,6 +464,12 @@ def score_candidates(
     util = serving.gpu_memory_utilization
     # A pinned profile or an explicit list of TP sizes is the user's choice of GPU count.
     uncapped = bool(spec.profile) or constraints.tps is not None
+    # Several nodes per replica: asked for by selector.nodes or a pinned -ppN profile.
+    pinned = parse_profile_name(spec.profile) if spec.profile else None
+    wanted_nodes = constraints.nodes if constraints.nodes and max(constraints.nodes) > 1 else None
+    if pinned and int(pinned["pp"]) > 1:
+        wanted_nodes = frozenset({int(pinned["pp"])})
+    memo_nodes: dict[tuple[str, int, int], _Verdict] = {}
     out: list[ScoredCandidate] = []
     # Engines and targets share the memory plan of a (precision, TP, GPU memory) combination.
     memo: dict[tuple[str, int, int], _Verdict] = {}
@@ -505,7 +521,86 @@ def score_candidates(
                             policy.get(tp, {}),
                         )
                     )
+                # Several nodes only where one node lacks memory, not where the engine, the
+                # precision or the task rule the candidate out (more nodes would not help).
+                single_fits = any(v[0] for _, v in verdicts)
+                memory_bound = any(plan is not None for _, (_, _, plan, _) in verdicts)
+                if wanted_nodes or (memory_bound and not single_fits):
+                    out.extend(_multi_node_candidates(
+                        facts, pool, engine, precision, online, native, prec_reason, constraints, ctx,
+                        util, reserve, wanted_nodes, settings, memo_nodes,
+                    ))  # fmt: skip
     return out, []
+
+
+MULTI_NODE_ENGINES = ("vllm", "sglang")
+# Nodes per replica selection considers (HGX/DGX-class nodes: 8 GPUs each, so up to 64 GPUs).
+MAX_NODES = 8
+
+
+def _multi_node_candidates(
+    facts: ModelFacts,
+    pool: GpuPool,
+    engine: Engine,
+    precision: Precision,
+    online: bool,
+    native: bool,
+    prec_reason: str,
+    constraints: _Constraints,
+    ctx: _Context,
+    util: float,
+    reserve: int,
+    wanted: frozenset[int] | None,
+    settings: SelectionSettings,
+    memo: dict[tuple[str, int, int], _Verdict],
+) -> list[ScoredCandidate]:
+    """Candidates spanning 2..MAX_NODES nodes of a pool: every GPU of a node in tensor parallel,
+    one pipeline stage per node (the layers split across nodes, only activations cross them).
+
+    Offered only when no single node holds the model, or when the spec asks (selector.nodes, or
+    a pinned -ppN profile); the fewest nodes that hold the model are offered, more are held back.
+    """
+    gpu = pool.gpu
+    assert gpu is not None
+    tp = pool.gpus_per_node
+    # Up to the pool's nodes (at least 2, so that a pool too small says so once).
+    counts = sorted(wanted - {1}) if wanted else list(range(2, max(2, min(MAX_NODES, pool.node_count)) + 1))
+    verdicts: list[tuple[int, _Verdict]] = []
+    for nodes in counts:
+        if engine not in MULTI_NODE_ENGINES:
+            rejection = (
+                f"{engine}: multi-node serving is rendered for {' and '.join(MULTI_NODE_ENGINES)} only"
+            )
+        elif nodes > pool.node_count:
+            rejection = f"pp{nodes}: needs {nodes} nodes, pool {pool.key} has {pool.node_count}"
+        elif nodes > pool.largest_domain:
+            rejection = (f"pp{nodes}: needs {nodes} nodes in one {pool.topology_key} (a group stays in one topology "
+                         f"domain), pool {pool.key} has at most {pool.largest_domain} in one")  # fmt: skip
+        elif nodes > facts.num_layers:
+            rejection = f"pp{nodes}: more pipeline stages than the model's {facts.num_layers} layers"
+        else:
+            rejection = _tp_reason(facts, tp, pool) or prec_reason
+        if rejection:
+            verdicts.append((nodes, (False, rejection, None, 0)))
+            continue
+        key = (f"{precision}-pp{nodes}", tp, gpu.memory_mib)
+        if key not in memo:
+
+            def plan_at(length: int, p: Precision = precision, n: int = nodes) -> MemoryPlan:
+                return plan_gpu_memory(facts, p, tp, length, ctx.min_concurrency, gpu.memory_mib * MIB, util,
+                                       reserve, pipeline_parallel_size=n)  # fmt: skip
+
+            memo[key] = _memory_verdict(plan_at, ctx, tp, f"{gpu.display_name} x {nodes} nodes", util)
+        verdicts.append((nodes, memo[key]))
+    fewest = next((n for n, v in verdicts if v[0]), None)
+    out: list[ScoredCandidate] = []
+    for nodes, verdict in verdicts:
+        why = ""
+        if verdict[0] and fewest is not None and nodes > fewest and not wanted:
+            why = f"pp{nodes}: {fewest} nodes hold the model; a replica spans no more nodes than it needs"
+        out.extend(_per_target(constraints, engine, gpu.short_name, precision, tp, pool, verdict, native, online,
+                               {"latency": why, "throughput": why}, nodes))  # fmt: skip
+    return out
 
 
 def _cpu_candidates(
@@ -620,7 +715,8 @@ def rank_candidates(
 ) -> list[ScoredCandidate]:
     """Feasible candidates in rank order, then infeasible ones in the same order."""
     key = rank_key_function(settings, preferred_target, pooling)
-    return sorted(candidates, key=lambda c: (not c.feasible, key(c)))
+    # One node before several, always: a replica spans nodes only when it must (or is asked to).
+    return sorted(candidates, key=lambda c: (not c.feasible, c.nodes, key(c)))
 
 
 def _explain_missing_pin(
@@ -895,6 +991,7 @@ def _build_selection(
         extra_args=tuple(serving.extra_args),
         task=task.task,
         convert=task.convert,
+        nodes=chosen.nodes,
     )
     info = eng.ENGINES[chosen.engine]
     gpu = pool.gpu
@@ -906,6 +1003,7 @@ def _build_selection(
         engine=chosen.engine,
         precision=chosen.precision,
         tensor_parallel_size=chosen.tensor_parallel_size,
+        nodes=chosen.nodes,
         target=chosen.target,
         gpu_product=gpu.product if gpu else None,
         gpu_short_name=gpu.short_name if gpu else None,

@@ -9,6 +9,7 @@ from inferator.api.inferenceservice import Autoscaling, InferenceServiceSpec, Sc
 from inferator.api.modelcache import Ownership
 from inferator.api.profile import API_KEY_ENV, CACHE_CHECK_ENV, DEFAULT_MODEL_DIR, MODEL_DIR_ENV, PROFILE_ENV
 from inferator.profiles.select import Selection
+from inferator.render import groups
 from inferator.render.templating import render_manifest
 from inferator.settings import OperatorSettings
 
@@ -255,6 +256,8 @@ def render_children(inputs: ServingInputs) -> list[dict[str, Any]]:
         raise ValueError("render_children needs a successful selection")
     spec, name, namespace = inputs.spec, inputs.name, inputs.namespace
     common = {"name": name, "namespace": namespace, "labels": labels(name), "selector": selector(name)}
+    # The clients' Service: every pod, or a multi-node group's leaders only (rank 0 serves the API).
+    service_selector = selector(name) | ({groups.POD_INDEX_LABEL: "0"} if profile.nodes > 1 else {})
     kind = autoscaler_kind(spec.autoscaling, inputs.keda_installed)
     env = {
         PROFILE_ENV: profile.model_dump_json(by_alias=True, exclude_none=True),
@@ -303,14 +306,32 @@ def render_children(inputs: ServingInputs) -> list[dict[str, Any]]:
             pvc_name=inputs.pvc_name,
             shm_size=binary_quantity(max(inputs.selection.shm_size_bytes, 64 << 20)),
         ),
-        render_manifest("serving-service.yaml.j2", **common, port=profile.port),
+        render_manifest(
+            "serving-service.yaml.j2",
+            **common | {"selector": service_selector},
+            port=profile.port,
+        ),
         render_manifest(
             "serving-networkpolicy.yaml.j2",
             **common,
             peers=_peers(inputs),
             allow_egress=spec.networking.allow_egress,
+            group=profile.nodes > 1,
         ),
     ]
+    if profile.nodes > 1:
+        if spec.autoscaling is not None:
+            raise UnsupportedSignal(
+                f"profile {profile.name} spans {profile.nodes} nodes per replica: autoscaling whole groups is "
+                "not supported yet; set spec.replicas (and remove spec.autoscaling)"
+            )
+        deployment = objects.pop(0)
+        assert inputs.selection.pool is not None
+        domain = groups.group_domains(inputs.selection.pool, profile.nodes)
+        objects = [*groups.render_groups(deployment, service=name, namespace=namespace, groups=spec.replicas,
+                                         size=profile.nodes, port=profile.port, health_path=profile.health_path,
+                                         domain=domain), *objects]  # fmt: skip
+        return objects
     most_replicas = spec.autoscaling.max_replicas if spec.autoscaling else spec.replicas
     if most_replicas > 1:
         objects.append(render_manifest("serving-pdb.yaml.j2", **common))

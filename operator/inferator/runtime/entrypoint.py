@@ -40,6 +40,7 @@ from inferator.api.profile import (
     TERMINATION_LOG_ENV,
     ServingProfile,
 )
+from inferator.profiles.engines import LEADER_ENV, RANK_ENV, rank_args
 from inferator.runtime import gpus as gpu_detection
 from inferator.runtime.checks import (
     check_cache,
@@ -54,6 +55,7 @@ EXIT_PROFILE_INVALID = 10
 EXIT_NO_NVML = 11
 EXIT_GPU_MISMATCH = 12
 EXIT_CACHE_INCOMPLETE = 13
+EXIT_GROUP_INVALID = 14
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 
@@ -109,6 +111,25 @@ def assert_gpus(profile: ServingProfile) -> str:
     return f"GPUs seen: [{'; '.join(describe_gpu(g) for g in seen)}]; using {used}{unused}"
 
 
+def assert_group(profile: ServingProfile, environ: Mapping[str, str]) -> tuple[str, list[str]]:
+    """This pod's share of a multi-node profile: its rank in the group and the leader's address
+    (set by the operator's StatefulSet), turned into the engine's rank arguments."""
+    if profile.nodes <= 1:
+        return "", []
+    raw, leader = environ.get(RANK_ENV, ""), environ.get(LEADER_ENV, "")
+    if not raw.isdigit() or not 0 <= int(raw) < profile.nodes:
+        raise Refusal(EXIT_GROUP_INVALID, f"profile {profile.name} spans {profile.nodes} nodes: {RANK_ENV}={raw!r} "
+                      f"is not a rank from 0 to {profile.nodes - 1}")  # fmt: skip
+    if not leader:
+        raise Refusal(
+            EXIT_GROUP_INVALID, f"profile {profile.name} spans {profile.nodes} nodes: {LEADER_ENV} is not set"
+        )
+    rank = int(raw)
+    role = "leader" if rank == 0 else "worker"
+    line = f"group: {role}, rank {rank} of {profile.nodes} nodes, leader {leader}"
+    return line, rank_args(profile.engine, rank, leader)
+
+
 def assert_cache(model_dir: Path, in_place: bool = False) -> str:
     """Check the cache is complete; return the log fragment, or raise Refusal."""
     if in_place:
@@ -157,6 +178,9 @@ def main(argv: list[str]) -> int:
         profile = load_profile(environ)
         what = f"refusing to start profile {profile.name}"
         gpus_line = assert_gpus(profile)
+        group_line, group_args = assert_group(profile, environ)
+        if group_line:
+            gpus_line = f"{gpus_line}; {group_line}"
         cache_line = assert_cache(
             Path(environ.get(MODEL_DIR_ENV) or DEFAULT_MODEL_DIR), environ.get(CACHE_CHECK_ENV) == "in-place"
         )
@@ -165,7 +189,7 @@ def main(argv: list[str]) -> int:
         if not args.check_only:
             write_termination_log(refusal.reason, environ)
         return refusal.code
-    command = profile.command
+    command = [*profile.command, *group_args]
     action = "check only, not starting the engine" if args.check_only else f"exec {shlex.join(command)}"
     print(
         f"inferator runtime: profile {profile.name} ({profile.engine}, tp{profile.tensor_parallel_size}) "

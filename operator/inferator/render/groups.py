@@ -1,0 +1,194 @@
+"""A multi-node replica as objects every cluster has: one StatefulSet per group, a headless Service.
+
+A profile spanning N nodes (tensor parallel within a node, one pipeline stage per node) runs as
+groups of N pods, each pod holding every GPU of its node. Without LeaderWorkerSet, each group is
+a StatefulSet of N pods (`podManagementPolicy: Parallel`: the pods rendezvous, none waits for
+another to be Ready), named by ordinal, so rank = pod index (the `apps.kubernetes.io/pod-index`
+label every StatefulSet pod carries) and the leader is `<group>-0` under one headless Service.
+The client Service selects leaders only. What LeaderWorkerSet does itself, the operator does:
+a group whose member was replaced or restarted is restarted whole (controllers), and groups
+scale by adding StatefulSets.
+
+Pure: the Deployment rendered for the profile is the pod template, changed where a group
+differs (rank and leader in the environment, exec probes that know the rank, the rendezvous
+port, the topology domain).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import hashlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from inferator.profiles.engines import LEADER_ENV, RANK_ENV, RENDEZVOUS_PORT
+from inferator.profiles.pools import GpuPool
+
+GROUP_LABEL = "inferator.dev/group"
+POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+# StatefulSet pod names (<group>-<ordinal>) must stay a DNS label, and the controller-revision-hash
+# label (<group>-<10 chars>) at most 63 characters.
+_MAX_GROUP_NAME = 50
+
+
+def _bounded(name: str, limit: int) -> str:
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:6]
+    return f"{name[: limit - 7]}-{digest}"
+
+
+def headless_name(service: str) -> str:
+    return _bounded(service, 63 - len("-group")) + "-group"
+
+
+def group_name(service: str, index: int) -> str:
+    suffix = f"-g{index}"
+    return _bounded(service, _MAX_GROUP_NAME - len(suffix)) + suffix
+
+
+def leader_address(service: str, namespace: str, index: int) -> str:
+    return f"{group_name(service, index)}-0.{headless_name(service)}.{namespace}.svc"
+
+
+def group_domains(pool: GpuPool, size: int) -> tuple[str | None, list[str]]:
+    """The pool's topology label and its values that hold a whole group (most nodes first);
+    (None, []) when its nodes carry no common topology label: groups are not confined."""
+    return pool.topology_key, [value for value, count in pool.domains if count >= size]
+
+
+def _exec_probe(probe: dict[str, Any], port: int, path: str) -> dict[str, Any]:
+    kept = {k: v for k, v in probe.items() if k not in ("httpGet", "exec")}
+    return {"exec": {"command": ["inferator", "probe", "--port", str(port), "--path", path]}, **kept}
+
+
+def render_groups(
+    deployment: Mapping[str, Any],
+    *,
+    service: str,
+    namespace: str,
+    groups: int,
+    size: int,
+    port: int,
+    health_path: str,
+    domain: tuple[str | None, list[str]],
+) -> list[dict[str, Any]]:
+    """The headless Service and one StatefulSet per group, from the profile's Deployment."""
+    labels = dict(deployment["metadata"]["labels"])
+    selector = dict(deployment["spec"]["selector"]["matchLabels"])
+    headless = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": headless_name(service), "namespace": namespace, "labels": labels},
+        "spec": {
+            "clusterIP": "None",
+            # Workers look the leader up before anything is Ready: that is the rendezvous.
+            "publishNotReadyAddresses": True,
+            "selector": selector,
+            "ports": [
+                {
+                    "name": "rendezvous",
+                    "port": RENDEZVOUS_PORT,
+                    "targetPort": RENDEZVOUS_PORT,
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+    key, domains = domain
+    out: list[dict[str, Any]] = [headless]
+    for index in range(groups):
+        template = copy.deepcopy(deployment["spec"]["template"])
+        group = {GROUP_LABEL: str(index)}
+        template["metadata"]["labels"] = {**template["metadata"]["labels"], **group}
+        pod = template["spec"]
+        container = pod["containers"][0]
+        container["env"] = [
+            *container["env"],
+            {
+                "name": RANK_ENV,
+                "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']"}},
+            },
+            {"name": LEADER_ENV, "value": leader_address(service, namespace, index)},
+        ]
+        container["ports"] = [*container["ports"], {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT,
+                                                     "protocol": "TCP"}]  # fmt: skip
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if probe in container and "httpGet" in container[probe]:
+                container[probe] = _exec_probe(container[probe], port, health_path)
+        if key is not None and domains:
+            # Group g in the g-th domain that holds a whole group, round robin: its pods all land
+            # in one rack or zone, chosen before the first one is scheduled.
+            pod["nodeSelector"] = {**(pod.get("nodeSelector") or {}), key: domains[index % len(domains)]}
+        out.append(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "StatefulSet",
+                "metadata": {
+                    "name": group_name(service, index),
+                    "namespace": namespace,
+                    "labels": {**labels, **group},
+                },
+                "spec": {
+                    "serviceName": headless_name(service),
+                    "replicas": size,
+                    "podManagementPolicy": "Parallel",
+                    "selector": {"matchLabels": {**selector, **group}},
+                    "template": template,
+                },
+            }
+        )
+    return out
+
+
+def _created(pod: Mapping[str, Any]) -> float:
+    text = (pod.get("metadata") or {}).get("creationTimestamp") or ""
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+# Pods of one group are created within a second of each other (Parallel); one created this much
+# later replaced a member, and the others lost their peer.
+REPLACED_AFTER_S = 10.0
+
+
+def broken_groups(pods: Iterable[Mapping[str, Any]]) -> dict[str, tuple[list[str], str]]:
+    """Per group, the pods to delete so that it restarts whole, and why.
+
+    A group's engines rendezvous once: a member that restarted (its container exited) or was
+    replaced (deleted, evicted, its node gone) leaves the others waiting on a peer that will not
+    come back. LeaderWorkerSet restarts such a group; here the operator does: every pod of a
+    group with a restarted container, or the pods older than a replaced member."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        group = (meta.get("labels") or {}).get(GROUP_LABEL)
+        if group is not None and not meta.get("deletionTimestamp"):
+            groups.setdefault(group, []).append(pod)
+    out: dict[str, tuple[list[str], str]] = {}
+    for group, members in sorted(groups.items()):
+        restarted = [
+            p["metadata"]["name"]
+            for p in members
+            if any(
+                (cs.get("restartCount") or 0) > 0
+                for cs in (p.get("status") or {}).get("containerStatuses") or []
+            )
+        ]
+        if restarted:
+            out[group] = (
+                sorted(p["metadata"]["name"] for p in members),
+                f"pod {restarted[0]} restarted: the group's engines restart together",
+            )
+            continue
+        newest = max(members, key=_created)
+        older = [p["metadata"]["name"] for p in members if _created(newest) - _created(p) > REPLACED_AFTER_S]
+        if older:
+            out[group] = (
+                sorted(older),
+                f"pod {newest['metadata']['name']} replaced a member: the others restart to rendezvous with it",
+            )
+    return out
