@@ -24,21 +24,14 @@ from inferator.api.modelcache import Ownership
 from inferator.controllers import measurements
 from inferator.controllers import validation as ctl
 from inferator.controllers.status import with_removals
-from inferator.dev.nodes import DEFAULT_NODES, node_manifest
 from inferator.profiles import facts_from_config, select_profile
 from inferator.profiles.measured import Measured
 from inferator.render import inferenceservice as render
 from inferator.render import validation as vrender
 from inferator.runtime import validate as runner
 from inferator.settings import OperatorSettings
+from tests.unit.test_render_inferenceservice import LLAMA_8B, NODES
 
-LLAMA_8B = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
-    "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8,
-    "num_hidden_layers": 32, "max_position_embeddings": 131072, "vocab_size": 128256,
-    "torch_dtype": "bfloat16",
-}  # fmt: skip
-NODES = [node_manifest(n) for n in DEFAULT_NODES]
 FACTS = facts_from_config(LLAMA_8B, weight_bytes=16_060_522_496, parameter_count=8_030_261_248)
 
 
