@@ -77,7 +77,7 @@ def test_a_model_no_node_holds_runs_as_a_group_across_two_nodes_of_one_zone(
         leader_uid = next(p for p in pods if p["metadata"]["labels"][groups.POD_INDEX_LABEL] == "0")[
             "metadata"
         ]["uid"]
-        time.sleep(max(0.0, groups.REPLACED_AFTER_S + 1 - _age_s(pods)))
+        time.sleep(max(0.0, groups.START_WINDOW_S + 1 - _age_s(pods)))  # a member replaced after the start
         cluster.kubectl("delete", "pod", worker["metadata"]["name"], "-n", namespace, "--wait=false")
 
         def leader_replaced() -> bool:
@@ -95,6 +95,9 @@ def test_a_model_no_node_holds_runs_as_a_group_across_two_nodes_of_one_zone(
         cluster.kubectl(
             "patch", "infsvc", "deepseek", "-n", namespace, "--type=merge", "-p", '{"spec":{"replicas":2}}'
         )
+        assert kubectl_json("statefulset/deepseek-g0", "-n", namespace)["metadata"]["annotations"][
+            groups.STARTED_ANNOTATION
+        ]
         g1 = wait_for(lambda: kubectl_json("statefulset", "-n", namespace, "--ignore-not-found", "deepseek-g1"),
                       timeout_s=60, what="a second group")  # fmt: skip
         assert g1["spec"]["replicas"] == 2

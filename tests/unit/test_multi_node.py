@@ -148,24 +148,45 @@ def test_autoscaling_a_multi_node_service_is_refused_with_a_reason() -> None:
         group_children(autoscaling={"maxReplicas": 3})
 
 
-def pod(name: str, group: str, created: str, restarts: int = 0) -> dict[str, Any]:
-    return {"metadata": {"name": name, "labels": {groups.GROUP_LABEL: group}, "creationTimestamp": created},
+def pod(name: str, created: str, restarts: int = 0, revision: str = "rev-1") -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {groups.GROUP_LABEL: "0", groups.REVISION_LABEL: revision},
+                         "creationTimestamp": created},
             "status": {"containerStatuses": [{"name": "server", "restartCount": restarts}]}}  # fmt: skip
 
 
-def test_a_group_that_lost_a_member_restarts_whole() -> None:
-    healthy = [pod("g0-0", "0", "2026-12-01T10:00:00Z"), pod("g0-1", "0", "2026-12-01T10:00:01Z")]
-    assert groups.broken_groups(healthy) == {}
-    replaced = [pod("g0-0", "0", "2026-12-01T10:00:00Z"), pod("g0-1", "0", "2026-12-01T10:05:00Z")]
-    names, why = groups.broken_groups(replaced)["0"]
-    assert names == ["g0-0"] and "g0-1 replaced a member" in why
-    restarted = [
-        pod("g1-0", "1", "2026-12-01T10:00:00Z"),
-        pod("g1-1", "1", "2026-12-01T10:00:00Z", restarts=1),
-    ]
-    assert groups.broken_groups([*healthy, *restarted]) == {
-        "1": (["g1-0", "g1-1"], "pod g1-1 restarted: the group's engines restart together")
+STS = {"metadata": {"name": "deepseek-g0", "labels": {groups.GROUP_LABEL: "0"}, "creationTimestamp": "2026-12-01T10:00:00Z"},
+       "status": {"updateRevision": "rev-1"}}  # fmt: skip
+
+
+def test_a_group_that_lost_a_member_or_changed_its_template_restarts_whole() -> None:
+    healthy = [pod("g0-0", "2026-12-01T10:00:00Z"), pod("g0-1", "2026-12-01T10:00:40Z")]  # within the window
+    assert groups.group_restart(STS, healthy) is None
+    replaced = [pod("g0-0", "2026-12-01T10:00:00Z"), pod("g0-1", "2026-12-01T10:30:00Z")]
+    restart = groups.group_restart(STS, replaced)
+    assert (
+        restart is not None
+        and restart.pods == ("g0-0", "g0-1")
+        and "g0-1 replaced a member" in restart.reason
+    )
+    # after the operator restarted it (the annotation), the pods recreated within the window are one group,
+    # however long the old ones took to terminate
+    restarted_at = {
+        **STS,
+        "metadata": {**STS["metadata"], "annotations": {groups.STARTED_ANNOTATION: "2026-12-01T10:30:05Z"}},
     }
+    again = [pod("g0-0", "2026-12-01T10:31:05Z"), pod("g0-1", "2026-12-01T10:30:06Z")]
+    assert groups.group_restart(restarted_at, again) is None
+    crashed = [pod("g0-0", "2026-12-01T10:00:00Z"), pod("g0-1", "2026-12-01T10:00:00Z", restarts=1)]
+    restart = groups.group_restart(STS, crashed)
+    assert restart is not None and restart.pods == ("g0-0", "g0-1") and "g0-1 restarted" in restart.reason
+    rolled = {**STS, "status": {"updateRevision": "rev-2"}}
+    restart = groups.group_restart(rolled, healthy)
+    assert restart is not None and "older template" in restart.reason
+    everyone_new = [
+        pod("g0-0", "2026-12-01T11:00:00Z"),
+        pod("g0-1", "2026-12-01T11:00:01Z"),
+    ]  # all evicted, all back
+    assert groups.group_restart(STS, everyone_new) is None
 
 
 def test_the_runtime_adds_the_pods_rank_and_its_leader() -> None:

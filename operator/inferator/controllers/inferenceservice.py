@@ -292,7 +292,12 @@ def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.V
         replicas, ready, desired_replicas, rolled_out = _group_status(
             view, namespace, name, wanted_sets, conds
         )
-        _restart_broken_groups(body, namespace, pods)
+        sets = [
+            s
+            for s in view.owned("apps/v1", "StatefulSet", namespace, name)
+            if s["metadata"]["name"] in wanted_sets
+        ]
+        _restart_groups(body, namespace, sets, pods)
     else:
         replicas, ready, desired_replicas, rolled_out = _deployment_status(view, namespace, name, conds)
     out |= {"replicas": replicas, "readyReplicas": ready}
@@ -385,17 +390,36 @@ def _group_status(
     return len(sets), ready, len(wanted), rolled == len(sets) and len(sets) >= 1
 
 
-def _restart_broken_groups(body: dict[str, Any], namespace: str, pods: list[dict[str, Any]]) -> None:
-    """Delete the pods of a group that lost a member, so that it starts again together (what
-    LeaderWorkerSet's RecreateGroupOnPodRestart does)."""
-    for group, (names, why) in groups.broken_groups(pods).items():
-        log.info(
-            "InferenceService %s/%s: restarting group %s: %s", namespace, body["metadata"]["name"], group, why
+def _restart_groups(
+    body: dict[str, Any], namespace: str, sets: list[dict[str, Any]], pods: list[dict[str, Any]]
+) -> None:
+    """Start a group again, whole, when it lost a member or must move to a new template (what
+    LeaderWorkerSet's RecreateGroupOnPodRestart does). A broken group goes at once; a rollout
+    takes one group at a time, while the others are ready, so a service with several keeps
+    serving."""
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for pod in pods:
+        by_group.setdefault((pod["metadata"].get("labels") or {}).get(groups.GROUP_LABEL, ""), []).append(pod)
+    unready = [
+        s for s in sets if int((s.get("status") or {}).get("readyReplicas") or 0) < int(s["spec"]["replicas"])
+    ]
+    for sts in sets:
+        restart = groups.group_restart(
+            sts, by_group.get(sts["metadata"]["labels"].get(groups.GROUP_LABEL, ""), [])
         )
-        for pod in names:
-            kube.delete("v1", "Pod", pod, namespace)
+        if restart is None:
+            continue
+        if "older template" in restart.reason and [u for u in unready if u is not sts]:
+            continue  # a rollout waits for the other groups to be ready
+        log.info("InferenceService %s/%s: restarting group %s: %s", namespace, body["metadata"]["name"],
+                 restart.group, restart.reason)  # fmt: skip
+        kube.patch("apps/v1", "StatefulSet", sts["metadata"]["name"], namespace,
+                   {"metadata": {"annotations": {groups.STARTED_ANNOTATION: now_rfc3339()}}})  # fmt: skip
+        for victim in restart.pods:
+            kube.delete("v1", "Pod", victim, namespace)
         kopf.event(cast(kopf.Body, body), type="Warning", reason="GroupRestarted",
-                   message=f"group {group}: {why}; deleted {', '.join(names)}"[:1024])  # fmt: skip
+                   message=f"group {restart.group}: {restart.reason}; deleted {', '.join(restart.pods)}"[:1024])  # fmt: skip
+        unready.append(sts)
 
 
 def _finish(

@@ -20,6 +20,7 @@ import copy
 import datetime
 import hashlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from inferator.profiles.engines import LEADER_ENV, RANK_ENV, RENDEZVOUS_PORT
@@ -134,6 +135,8 @@ def render_groups(
                     "serviceName": headless_name(service),
                     "replicas": size,
                     "podManagementPolicy": "Parallel",
+                    # The operator rolls a group whole (group_restart): never one pod of it.
+                    "updateStrategy": {"type": "OnDelete"},
                     "selector": {"matchLabels": {**selector, **group}},
                     "template": template,
                 },
@@ -142,53 +145,72 @@ def render_groups(
     return out
 
 
-def _created(pod: Mapping[str, Any]) -> float:
-    text = (pod.get("metadata") or {}).get("creationTimestamp") or ""
+def _time(text: str | None) -> float:
     try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        return datetime.datetime.fromisoformat((text or "").replace("Z", "+00:00")).timestamp()
     except ValueError:
         return 0.0
 
 
-# Pods of one group are created within a second of each other (Parallel); one created this much
-# later replaced a member, and the others lost their peer.
-REPLACED_AFTER_S = 10.0
+# When the group last started together (set by the operator when it restarts one; else the
+# StatefulSet's creation). Pods created later than START_WINDOW after it replaced a member.
+STARTED_ANNOTATION = "inferator.dev/group-started"
+REVISION_LABEL = "controller-revision-hash"
+# Room for a group's pods to be (re)created together: their graceful termination (the serving
+# pod's 60 s) and scheduling. A member created later than this after the start replaced one.
+START_WINDOW_S = 90.0
 
 
-def broken_groups(pods: Iterable[Mapping[str, Any]]) -> dict[str, tuple[list[str], str]]:
-    """Per group, the pods to delete so that it restarts whole, and why.
+@dataclass(frozen=True)
+class GroupRestart:
+    """Pods to delete so that a group starts again together, and why."""
 
-    A group's engines rendezvous once: a member that restarted (its container exited) or was
+    group: str
+    pods: tuple[str, ...]
+    reason: str
+
+
+def group_restart(statefulset: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> GroupRestart | None:
+    """Whether a group must start again, whole.
+
+    A group's engines rendezvous once. A member that restarted (its container exited) or was
     replaced (deleted, evicted, its node gone) leaves the others waiting on a peer that will not
-    come back. LeaderWorkerSet restarts such a group; here the operator does: every pod of a
-    group with a restarted container, or the pods older than a replaced member."""
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        group = (meta.get("labels") or {}).get(GROUP_LABEL)
-        if group is not None and not meta.get("deletionTimestamp"):
-            groups.setdefault(group, []).append(pod)
-    out: dict[str, tuple[list[str], str]] = {}
-    for group, members in sorted(groups.items()):
-        restarted = [
-            p["metadata"]["name"]
-            for p in members
-            if any(
-                (cs.get("restartCount") or 0) > 0
-                for cs in (p.get("status") or {}).get("containerStatuses") or []
-            )
-        ]
-        if restarted:
-            out[group] = (
-                sorted(p["metadata"]["name"] for p in members),
-                f"pod {restarted[0]} restarted: the group's engines restart together",
-            )
-            continue
-        newest = max(members, key=_created)
-        older = [p["metadata"]["name"] for p in members if _created(newest) - _created(p) > REPLACED_AFTER_S]
-        if older:
-            out[group] = (
-                sorted(older),
-                f"pod {newest['metadata']['name']} replaced a member: the others restart to rendezvous with it",
-            )
-    return out
+    come back; a new pod template (image, cache revision) must reach every member at once, so
+    the StatefulSet updates OnDelete and the operator deletes the group. LeaderWorkerSet's
+    RecreateGroupOnPodRestart, done by hand. Every pod goes (the replaced one too), so the new
+    ones start within START_WINDOW_S of each other."""
+    meta = statefulset.get("metadata") or {}
+    group = str((meta.get("labels") or {}).get(GROUP_LABEL, ""))
+    members = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+    if not members:
+        return None
+    names = tuple(sorted(p["metadata"]["name"] for p in members))
+    revision = ((statefulset.get("status") or {}).get("updateRevision")) or ""
+    stale = [p["metadata"]["name"] for p in members
+             if revision and ((p["metadata"].get("labels") or {}).get(REVISION_LABEL) or revision) != revision]  # fmt: skip
+    if stale:
+        return GroupRestart(
+            group, names, f"pod {stale[0]} runs an older template: the group moves to the new one together"
+        )
+    restarted = [
+        p["metadata"]["name"]
+        for p in members
+        if any(
+            (cs.get("restartCount") or 0) > 0 for cs in (p.get("status") or {}).get("containerStatuses") or []
+        )
+    ]
+    if restarted:
+        return GroupRestart(
+            group, names, f"pod {restarted[0]} restarted: the group's engines restart together"
+        )
+    started = _time((meta.get("annotations") or {}).get(STARTED_ANNOTATION) or meta.get("creationTimestamp"))
+    late = [
+        p["metadata"]["name"]
+        for p in members
+        if _time(p["metadata"].get("creationTimestamp")) - started > START_WINDOW_S
+    ]
+    if late and len(late) < len(members):
+        return GroupRestart(
+            group, names, f"pod {late[0]} replaced a member: the others restart to rendezvous with it"
+        )
+    return None
