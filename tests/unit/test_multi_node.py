@@ -82,7 +82,7 @@ def test_one_node_first_and_several_only_when_asked_or_needed() -> None:
 
 
 def group_children(
-    replicas: int = 2, zones: tuple[str, ...] = ("zone-a", "zone-a"), **spec: Any
+    replicas: int = 2, zones: tuple[str, ...] = ("zone-a", "zone-a"), lws: bool = False, **spec: Any
 ) -> list[dict[str, Any]]:
     parsed = InferenceServiceSpec.model_validate(
         {"modelCacheRef": {"name": "m"}, "replicas": replicas, **spec}
@@ -91,7 +91,7 @@ def group_children(
     assert selection.profile is not None and selection.profile.nodes == 2
     inputs = render.ServingInputs(
         name="deepseek", namespace="team-a", spec=parsed, selection=selection, pvc_name="weights",
-        ownership=Ownership(), settings=OperatorSettings(),
+        ownership=Ownership(), settings=OperatorSettings(), lws_installed=lws,
     )  # fmt: skip
     return render.render_children(inputs)
 
@@ -212,3 +212,35 @@ def test_a_workers_probe_passes_without_an_api(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv(RANK_ENV, "0")
     assert probe.main(["--port", "9", "--timeout", "1"]) == 1  # the leader's endpoint must answer
     assert probe.RANK_ENV == RANK_ENV
+
+
+def test_where_leaderworkerset_is_installed_one_leaderworkerset_holds_every_group() -> None:
+    """Pure output against LWS's documented v1 API: its controller is not in this test bed."""
+    objs = group_children(replicas=3, lws=True)
+    # no StatefulSet, no headless Service of ours (LWS makes its own), no PDB (groups are not pods)
+    assert sorted(o["kind"] for o in objs) == ["LeaderWorkerSet", "NetworkPolicy", "Service"]
+    lws = next(o for o in objs if o["kind"] == "LeaderWorkerSet")
+    assert lws["apiVersion"] == "leaderworkerset.x-k8s.io/v1" and lws["metadata"]["name"] == "deepseek"
+    assert lws["metadata"]["annotations"] == {groups.LWS_EXCLUSIVE_TOPOLOGY: "topology.kubernetes.io/zone"}
+    spec = lws["spec"]
+    assert spec["replicas"] == 3 and spec["startupPolicy"] == "LeaderCreated"
+    template = spec["leaderWorkerTemplate"]
+    assert template["size"] == 2 and template["restartPolicy"] == "RecreateGroupOnPodRestart"
+    leader, worker = template["leaderTemplate"], template["workerTemplate"]
+    assert leader["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert worker["spec"]["containers"][0]["readinessProbe"]["exec"]["command"][:2] == ["inferator", "probe"]
+    for pod in (leader, worker):
+        assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True and pod["spec"]["readinessGates"]
+        assert RANK_ENV not in {e["name"] for e in pod["spec"]["containers"][0]["env"]}  # LWS sets its own
+    client = next(o for o in objs if o["kind"] == "Service")
+    assert client["spec"]["selector"][groups.LWS_WORKER_INDEX_LABEL] == "0"
+    profile = ServingProfile.model_validate(
+        {"name": "x", "engine": "vllm", "precision": "fp8", "tensorParallelSize": 8, "nodes": 2,
+         "target": "latency", "command": ["vllm", "serve", "/models"], "servedModelName": "m"}
+    )  # fmt: skip
+    _, args = assert_group(profile, {"LWS_WORKER_INDEX": "1", "LWS_LEADER_ADDRESS": "deepseek-0.deepseek"})
+    assert args == ["--node-rank", "1", "--master-addr", "deepseek-0.deepseek", "--headless"]
+    assert groups.is_worker({groups.LWS_WORKER_INDEX_LABEL: "1"}) and not groups.is_worker(
+        {groups.LWS_WORKER_INDEX_LABEL: "0"}
+    )

@@ -94,8 +94,8 @@ def _gate_pods(pods: list[dict[str, Any]], profile: ServingProfile) -> str | Non
         if not ip:
             continue
         annotations = pod["metadata"].get("annotations") or {}
-        rank = (pod["metadata"].get("labels") or {}).get(groups.POD_INDEX_LABEL, "0")
-        if groups.GROUP_LABEL in (pod["metadata"].get("labels") or {}) and rank != "0":
+        rank = groups.rank_of(pod["metadata"].get("labels") or {})
+        if groups.is_worker(pod["metadata"].get("labels") or {}):
             # A multi-node group's worker serves no API: its leader's warm-up answers for the group.
             passed, message = True, f"rank {rank} of a multi-node group: its leader serves and is warmed up"
         elif annotations.get(render.WARMUP_ANNOTATION) == "in-pod":
@@ -253,6 +253,7 @@ def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.V
         ownership=cache_spec.ownership, settings=OperatorSettings.from_env(),
         keda_installed=kube.crd_installed("keda.sh/v1alpha1", "ScaledObject"),
         servicemonitor_installed=kube.crd_installed("monitoring.coreos.com/v1", "ServiceMonitor"),
+        lws_installed=kube.crd_installed(groups.LWS_API_VERSION, "LeaderWorkerSet"),
         model_subpath=cache_spec.model_subpath, in_place=cache_spec.in_place,
         cache_revision=f"{cache_status.content_hash or ''}:{cache_status.resolved_revision or ''}",
     )  # fmt: skip
@@ -288,7 +289,10 @@ def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.V
         informers.forget("v1", "Service", namespace, headless)
 
     pods = view.pods(namespace, name)
-    if profile.nodes > 1:
+    lws = view.get(groups.LWS_API_VERSION, "LeaderWorkerSet", name, namespace) if profile.nodes > 1 else None
+    if lws is not None:
+        replicas, ready, desired_replicas, rolled_out = _lws_status(lws, conds)
+    elif profile.nodes > 1:
         replicas, ready, desired_replicas, rolled_out = _group_status(
             view, namespace, name, wanted_sets, conds
         )
@@ -388,6 +392,24 @@ def _group_status(
     else:
         conds.set("Available", "False", "Deploying", f"0/{len(wanted)} groups of {size or '?'} nodes ready")
     return len(sets), ready, len(wanted), rolled == len(sets) and len(sets) >= 1
+
+
+def _lws_status(lws: dict[str, Any], conds: Conditions) -> tuple[int, int, int, bool]:
+    """A LeaderWorkerSet counts its groups itself (status.replicas, readyReplicas, updatedReplicas)."""
+    st, size = (
+        lws.get("status") or {},
+        ((lws.get("spec") or {}).get("leaderWorkerTemplate") or {}).get("size"),
+    )
+    replicas, ready = int(st.get("replicas") or 0), int(st.get("readyReplicas") or 0)
+    desired = int((lws.get("spec") or {}).get("replicas") or 0)
+    message = f"{ready}/{desired} groups of {size} nodes ready (LeaderWorkerSet)"
+    conds.set(
+        "Available",
+        "True" if ready else "False",
+        "MinimumReplicasAvailable" if ready else "Deploying",
+        message,
+    )
+    return replicas, ready, desired, int(st.get("updatedReplicas") or 0) == replicas >= 1
 
 
 def _restart_groups(
@@ -583,7 +605,7 @@ def _child_changed(
         foreign = type == "DELETED" or validation.finished(child) is not None
         if not foreign:
             return
-    elif child.get("kind") == "StatefulSet" and not foreign:
+    elif child.get("kind") in ("StatefulSet", "LeaderWorkerSet") and not foreign:
         # A multi-node group's progress (pods ready, replaced): its owner counts groups.
         view = informers.bind(kwargs)
         if view.service(namespace or "", labels[render.SERVICE_LABEL]) is not None:

@@ -40,6 +40,8 @@ CHILD_RESOURCES = (
     ("apps", "v1", "deployments", "Deployment", True),
     # Multi-node groups, named per group (never the service's name): listed with View.owned.
     ("apps", "v1", "statefulsets", "StatefulSet", True),
+    # Multi-node replicas where LeaderWorkerSet is installed: one per service, the service's name.
+    ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets", "LeaderWorkerSet", True),
     ("", "v1", "services", "Service", False),
     ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", False),
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True),

@@ -24,7 +24,7 @@ from inferator.controllers import informers, kube
 from inferator.controllers.redaction import scrub
 from inferator.controllers.status import now_rfc3339
 from inferator.render import validation as render
-from inferator.render.groups import GROUP_LABEL, POD_INDEX_LABEL
+from inferator.render.groups import is_worker
 from inferator.render.inferenceservice import PROFILE_ANNOTATION, READINESS_GATE, ServingInputs
 
 log = logging.getLogger(__name__)
@@ -152,8 +152,7 @@ def target_pod(pods: list[dict[str, Any]], profile: str) -> dict[str, Any] | Non
     for pod in pods:
         meta, status = pod["metadata"], pod.get("status") or {}
         conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
-        labels = meta.get("labels") or {}
-        if GROUP_LABEL in labels and labels.get(POD_INDEX_LABEL, "0") != "0":
+        if is_worker(meta.get("labels") or {}):
             continue  # a multi-node group's worker: its leader serves the API
         if (
             not meta.get("deletionTimestamp")

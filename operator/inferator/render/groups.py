@@ -28,6 +28,35 @@ from inferator.profiles.pools import GpuPool
 
 GROUP_LABEL = "inferator.dev/group"
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
+# LeaderWorkerSet (leaderworkerset.x-k8s.io/v1): its rank label on every pod, its placement
+# annotation, and the variables it sets in every container (LWS 0.6 and later).
+LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
+LWS_WORKER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
+LWS_EXCLUSIVE_TOPOLOGY = "leaderworkerset.sigs.k8s.io/exclusive-topology"
+LWS_RANK_ENV = "LWS_WORKER_INDEX"
+LWS_LEADER_ENV = "LWS_LEADER_ADDRESS"
+
+
+def rank_of(labels: Mapping[str, str]) -> str | None:
+    """A group pod's rank from its labels (either path); None for a pod of no group."""
+    if LWS_WORKER_INDEX_LABEL in labels:
+        return labels[LWS_WORKER_INDEX_LABEL]
+    if GROUP_LABEL in labels:
+        return labels.get(POD_INDEX_LABEL, "0")
+    return None
+
+
+def is_worker(labels: Mapping[str, str]) -> bool:
+    """A group's pod other than its leader: it serves no API."""
+    rank = rank_of(labels)
+    return rank is not None and rank != "0"
+
+
+def leader_selector(lws: bool) -> dict[str, str]:
+    """What the clients' Service adds to its selector: the leaders only."""
+    return {LWS_WORKER_INDEX_LABEL: "0"} if lws else {POD_INDEX_LABEL: "0"}
+
+
 # StatefulSet pod names (<group>-<ordinal>) must stay a DNS label, and the controller-revision-hash
 # label (<group>-<10 chars>) at most 63 characters.
 _MAX_GROUP_NAME = 50
@@ -57,6 +86,63 @@ def group_domains(pool: GpuPool, size: int) -> tuple[str | None, list[str]]:
     """The pool's topology label and its values that hold a whole group (most nodes first);
     (None, []) when its nodes carry no common topology label: groups are not confined."""
     return pool.topology_key, [value for value, count in pool.domains if count >= size]
+
+
+def render_leader_worker_set(
+    deployment: Mapping[str, Any],
+    *,
+    service: str,
+    namespace: str,
+    groups: int,
+    size: int,
+    port: int,
+    health_path: str,
+    topology_key: str | None,
+) -> dict[str, Any]:
+    """One LeaderWorkerSet for every group, where its API is installed. LWS creates the groups,
+    their headless Services and the rank and leader variables (LWS_WORKER_INDEX,
+    LWS_LEADER_ADDRESS, which the runtime reads), restarts a group whose pod restarted
+    (RecreateGroupOnPodRestart) and rolls groups one at a time. The leader keeps the engine's
+    HTTP probes; workers, which serve nothing, get the rank-aware exec probe.
+
+    Rendered against LWS's documented v1 API; its controller is not part of this project's test
+    bed (docs/multi-node.md)."""
+    leader = copy.deepcopy(deployment["spec"]["template"])
+    container = leader["spec"]["containers"][0]
+    container["ports"] = [*container["ports"], {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT,
+                                                 "protocol": "TCP"}]  # fmt: skip
+    worker = copy.deepcopy(leader)
+    worker_container = worker["spec"]["containers"][0]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        if probe in worker_container and "httpGet" in worker_container[probe]:
+            worker_container[probe] = _exec_probe(worker_container[probe], port, health_path)
+    meta: dict[str, Any] = {
+        "name": service,
+        "namespace": namespace,
+        "labels": dict(deployment["metadata"]["labels"]),
+    }
+    if topology_key:
+        # Every pod of a group in one domain, one group per domain (LWS places the leader first).
+        meta["annotations"] = {LWS_EXCLUSIVE_TOPOLOGY: topology_key}
+    return {
+        "apiVersion": LWS_API_VERSION,
+        "kind": "LeaderWorkerSet",
+        "metadata": meta,
+        "spec": {
+            "replicas": groups,
+            "startupPolicy": "LeaderCreated",
+            "rolloutStrategy": {
+                "type": "RollingUpdate",
+                "rollingUpdateConfiguration": {"maxUnavailable": 1, "maxSurge": 0},
+            },
+            "leaderWorkerTemplate": {
+                "size": size,
+                "restartPolicy": "RecreateGroupOnPodRestart",
+                "leaderTemplate": leader,
+                "workerTemplate": worker,
+            },
+        },
+    }
 
 
 def _exec_probe(probe: dict[str, Any], port: int, path: str) -> dict[str, Any]:

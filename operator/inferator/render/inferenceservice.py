@@ -143,6 +143,8 @@ class ServingInputs:
     settings: OperatorSettings
     keda_installed: bool = False
     servicemonitor_installed: bool = False
+    # leaderworkerset.x-k8s.io/v1 served: multi-node replicas as one LeaderWorkerSet.
+    lws_installed: bool = False
     # pvc:// caches: the model's directory inside the claim, and the runtime checks files in
     # place (there is no manifest: the claim is the user's and is never written).
     model_subpath: str = ""
@@ -257,7 +259,9 @@ def render_children(inputs: ServingInputs) -> list[dict[str, Any]]:
     spec, name, namespace = inputs.spec, inputs.name, inputs.namespace
     common = {"name": name, "namespace": namespace, "labels": labels(name), "selector": selector(name)}
     # The clients' Service: every pod, or a multi-node group's leaders only (rank 0 serves the API).
-    service_selector = selector(name) | ({groups.POD_INDEX_LABEL: "0"} if profile.nodes > 1 else {})
+    service_selector = selector(name) | (
+        groups.leader_selector(inputs.lws_installed) if profile.nodes > 1 else {}
+    )
     kind = autoscaler_kind(spec.autoscaling, inputs.keda_installed)
     env = {
         PROFILE_ENV: profile.model_dump_json(by_alias=True, exclude_none=True),
@@ -328,6 +332,11 @@ def render_children(inputs: ServingInputs) -> list[dict[str, Any]]:
         deployment = objects.pop(0)
         assert inputs.selection.pool is not None
         domain = groups.group_domains(inputs.selection.pool, profile.nodes)
+        if inputs.lws_installed:
+            lws = groups.render_leader_worker_set(deployment, service=name, namespace=namespace,
+                                                  groups=spec.replicas, size=profile.nodes, port=profile.port,
+                                                  health_path=profile.health_path, topology_key=domain[0])  # fmt: skip
+            return [lws, *objects]
         objects = [*groups.render_groups(deployment, service=name, namespace=namespace, groups=spec.replicas,
                                          size=profile.nodes, port=profile.port, health_path=profile.health_path,
                                          domain=domain), *objects]  # fmt: skip

@@ -116,7 +116,9 @@ def assert_group(profile: ServingProfile, environ: Mapping[str, str]) -> tuple[s
     (set by the operator's StatefulSet), turned into the engine's rank arguments."""
     if profile.nodes <= 1:
         return "", []
-    raw, leader = environ.get(RANK_ENV, ""), environ.get(LEADER_ENV, "")
+    # The operator's StatefulSet sets ours; a LeaderWorkerSet sets its own.
+    raw = environ.get(RANK_ENV) or environ.get("LWS_WORKER_INDEX", "")
+    leader = environ.get(LEADER_ENV) or environ.get("LWS_LEADER_ADDRESS", "")
     if not raw.isdigit() or not 0 <= int(raw) < profile.nodes:
         raise Refusal(EXIT_GROUP_INVALID, f"profile {profile.name} spans {profile.nodes} nodes: {RANK_ENV}={raw!r} "
                       f"is not a rank from 0 to {profile.nodes - 1}")  # fmt: skip

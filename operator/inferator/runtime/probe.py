@@ -24,7 +24,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--path", default="/health")
     parser.add_argument("--timeout", type=float, default=4.0)
     args = parser.parse_args(argv)
-    if os.environ.get(RANK_ENV, "0") != "0":
+    if (os.environ.get(RANK_ENV) or os.environ.get("LWS_WORKER_INDEX") or "0") != "0":
         return 0
     try:
         with urllib.request.urlopen(
