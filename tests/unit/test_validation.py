@@ -360,3 +360,21 @@ def test_a_failed_run_is_kept_until_the_spec_changes_then_measured_again() -> No
     assert (
         vrender.job_name("chat", key, 2) != failed.job and len(vrender.job_name("x" * 63, key, 12345)) == 63
     )
+
+
+def test_a_run_waiting_for_a_pod_is_polled_unless_the_service_is_at_zero() -> None:
+    from inferator.controllers.inferenceservice import settled
+
+    waiting = {"type": "Validated", "status": "Unknown", "reason": "WaitingForReady"}
+    ready = {"type": "Ready", "status": "True", "reason": "Serving"}
+    status = {"observedGeneration": 2, "conditions": [ready, waiting], "replicas": 1, "readyReplicas": 1}
+    assert not settled(status, 2)  # a pod of the profile is on its way: poll
+    at_zero = {
+        **status,
+        "replicas": 0,
+        "readyReplicas": 0,
+        "conditions": [{**ready, "reason": "ScaledToZero"}, waiting],
+    }
+    assert settled(at_zero, 2)  # nothing coming: no poll; scaling up is an event of its own
+    measured = {**status, "conditions": [ready, {**waiting, "status": "True", "reason": "Measured"}]}
+    assert settled(measured, 2)

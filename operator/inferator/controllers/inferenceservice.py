@@ -510,8 +510,12 @@ def settled(status: dict[str, Any], generation: int) -> bool:
         (conditions.get("Ready") or {}).get("status") == "True"
         and status.get("observedGeneration") == generation
         and status.get("readyReplicas") == status.get("replicas")
-        # a validation run waiting for a pod of its profile (a running one is woken by its Job)
-        and (conditions.get("Validated") or {}).get("reason") != "WaitingForReady"
+        # a validation run waiting for a pod of its profile (a running one is woken by its Job;
+        # a service scaled to zero has none coming, and its scale-up is an event of its own)
+        and (
+            (conditions.get("Validated") or {}).get("reason") != "WaitingForReady"
+            or not status.get("replicas")
+        )
     )
 
 
