@@ -15,7 +15,7 @@ from inferator.api.inferenceservice import InferenceServiceSpec
 from inferator.api.modelcache import Ownership
 from inferator.api.profile import ServingProfile
 from inferator.dev.nodes import H100_SXM, NodeSpec, node_manifest
-from inferator.profiles.engines import LEADER_ENV, RANK_ENV, rank_args
+from inferator.profiles.engines import LEADER_ENV, LWS_RANK_ENV, RANK_ENV, rank_args
 from inferator.profiles.model_facts import facts_from_directory
 from inferator.profiles.select import Selection, select_profile
 from inferator.render import groups
@@ -211,7 +211,7 @@ def test_a_workers_probe_passes_without_an_api(monkeypatch: pytest.MonkeyPatch) 
     assert probe.main(["--port", "9"]) == 0
     monkeypatch.setenv(RANK_ENV, "0")
     assert probe.main(["--port", "9", "--timeout", "1"]) == 1  # the leader's endpoint must answer
-    assert probe.RANK_ENV == RANK_ENV
+    assert (probe.RANK_ENV, probe.LWS_RANK_ENV) == (RANK_ENV, LWS_RANK_ENV)
 
 
 def test_where_leaderworkerset_is_installed_one_leaderworkerset_holds_every_group() -> None:

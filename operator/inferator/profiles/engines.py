@@ -213,6 +213,9 @@ RENDEZVOUS_PORT = 29500
 # What the runtime adds on each pod of a group, from its rank and the leader's address.
 RANK_ENV = "INFERATOR_NODE_RANK"
 LEADER_ENV = "INFERATOR_LEADER_ADDRESS"
+# The same, as a LeaderWorkerSet sets them in every container (LWS 0.6 and later).
+LWS_RANK_ENV = "LWS_WORKER_INDEX"
+LWS_LEADER_ENV = "LWS_LEADER_ADDRESS"
 
 
 def multi_node_args(engine: Engine, nodes: int) -> list[str]:

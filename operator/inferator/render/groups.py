@@ -29,12 +29,10 @@ from inferator.profiles.pools import GpuPool
 GROUP_LABEL = "inferator.dev/group"
 POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"
 # LeaderWorkerSet (leaderworkerset.x-k8s.io/v1): its rank label on every pod, its placement
-# annotation, and the variables it sets in every container (LWS 0.6 and later).
+# annotation (the variables it sets in every container are engines.LWS_RANK_ENV, LWS_LEADER_ENV).
 LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
 LWS_WORKER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
 LWS_EXCLUSIVE_TOPOLOGY = "leaderworkerset.sigs.k8s.io/exclusive-topology"
-LWS_RANK_ENV = "LWS_WORKER_INDEX"
-LWS_LEADER_ENV = "LWS_LEADER_ADDRESS"
 
 
 def rank_of(labels: Mapping[str, str]) -> str | None:
@@ -108,14 +106,9 @@ def render_leader_worker_set(
     Rendered against LWS's documented v1 API; its controller is not part of this project's test
     bed (docs/multi-node.md)."""
     leader = copy.deepcopy(deployment["spec"]["template"])
-    container = leader["spec"]["containers"][0]
-    container["ports"] = [*container["ports"], {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT,
-                                                 "protocol": "TCP"}]  # fmt: skip
+    _add_rendezvous_port(leader["spec"]["containers"][0])
     worker = copy.deepcopy(leader)
-    worker_container = worker["spec"]["containers"][0]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        if probe in worker_container and "httpGet" in worker_container[probe]:
-            worker_container[probe] = _exec_probe(worker_container[probe], port, health_path)
+    _use_rank_aware_probes(worker["spec"]["containers"][0], port, health_path)
     meta: dict[str, Any] = {
         "name": service,
         "namespace": namespace,
@@ -145,9 +138,19 @@ def render_leader_worker_set(
     }
 
 
-def _exec_probe(probe: dict[str, Any], port: int, path: str) -> dict[str, Any]:
-    kept = {k: v for k, v in probe.items() if k not in ("httpGet", "exec")}
-    return {"exec": {"command": ["inferator", "probe", "--port", str(port), "--path", path]}, **kept}
+def _add_rendezvous_port(container: dict[str, Any]) -> None:
+    container["ports"] = [*container["ports"], {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT,
+                                                 "protocol": "TCP"}]  # fmt: skip
+
+
+def _use_rank_aware_probes(container: dict[str, Any], port: int, path: str) -> None:
+    """The engine's HTTP probes as `inferator probe` (timings kept): a worker serves no HTTP."""
+    command = ["inferator", "probe", "--port", str(port), "--path", path]
+    for name in ("startupProbe", "readinessProbe", "livenessProbe"):
+        probe = container.get(name)
+        if probe and "httpGet" in probe:
+            kept = {k: v for k, v in probe.items() if k not in ("httpGet", "exec")}
+            container[name] = {"exec": {"command": command}, **kept}
 
 
 def render_groups(
@@ -199,11 +202,8 @@ def render_groups(
             },
             {"name": LEADER_ENV, "value": leader_address(service, namespace, index)},
         ]
-        container["ports"] = [*container["ports"], {"name": "rendezvous", "containerPort": RENDEZVOUS_PORT,
-                                                     "protocol": "TCP"}]  # fmt: skip
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            if probe in container and "httpGet" in container[probe]:
-                container[probe] = _exec_probe(container[probe], port, health_path)
+        _add_rendezvous_port(container)
+        _use_rank_aware_probes(container, port, health_path)
         if key is not None and domains:
             # Group g in the g-th domain that holds a whole group, round robin: its pods all land
             # in one rack or zone, chosen before the first one is scheduled.

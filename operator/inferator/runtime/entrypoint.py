@@ -40,7 +40,7 @@ from inferator.api.profile import (
     TERMINATION_LOG_ENV,
     ServingProfile,
 )
-from inferator.profiles.engines import LEADER_ENV, RANK_ENV, rank_args
+from inferator.profiles.engines import LEADER_ENV, LWS_LEADER_ENV, LWS_RANK_ENV, RANK_ENV, rank_args
 from inferator.runtime import gpus as gpu_detection
 from inferator.runtime.checks import (
     check_cache,
@@ -117,8 +117,8 @@ def assert_group(profile: ServingProfile, environ: Mapping[str, str]) -> tuple[s
     if profile.nodes <= 1:
         return "", []
     # The operator's StatefulSet sets ours; a LeaderWorkerSet sets its own.
-    raw = environ.get(RANK_ENV) or environ.get("LWS_WORKER_INDEX", "")
-    leader = environ.get(LEADER_ENV) or environ.get("LWS_LEADER_ADDRESS", "")
+    raw = environ.get(RANK_ENV) or environ.get(LWS_RANK_ENV, "")
+    leader = environ.get(LEADER_ENV) or environ.get(LWS_LEADER_ENV, "")
     if not raw.isdigit() or not 0 <= int(raw) < profile.nodes:
         raise Refusal(EXIT_GROUP_INVALID, f"profile {profile.name} spans {profile.nodes} nodes: {RANK_ENV}={raw!r} "
                       f"is not a rank from 0 to {profile.nodes - 1}")  # fmt: skip

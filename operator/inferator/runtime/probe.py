@@ -14,8 +14,10 @@ import os
 import sys
 import urllib.request
 
-# profiles.engines.RANK_ENV, repeated: importing it would load pydantic on every probe.
+# profiles.engines.RANK_ENV and LWS_RANK_ENV, repeated: importing them would load pydantic on
+# every probe (tests/unit/test_multi_node.py checks they agree).
 RANK_ENV = "INFERATOR_NODE_RANK"
+LWS_RANK_ENV = "LWS_WORKER_INDEX"
 
 
 def main(argv: list[str]) -> int:
@@ -24,7 +26,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--path", default="/health")
     parser.add_argument("--timeout", type=float, default=4.0)
     args = parser.parse_args(argv)
-    if (os.environ.get(RANK_ENV) or os.environ.get("LWS_WORKER_INDEX") or "0") != "0":
+    if (os.environ.get(RANK_ENV) or os.environ.get(LWS_RANK_ENV) or "0") != "0":
         return 0
     try:
         with urllib.request.urlopen(
