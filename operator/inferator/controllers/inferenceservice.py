@@ -45,7 +45,7 @@ from inferator.controllers.settings import SELECTION
 from inferator.controllers.status import changed_fields, now_rfc3339, with_removals
 from inferator.controllers.warmup import gate_condition, needs_warmup, warm_up
 from inferator.profiles.measured import Measured
-from inferator.profiles.select import Selection, select_profile
+from inferator.profiles.select import Selection, parse_profile_name, select_profile
 from inferator.render import groups
 from inferator.render import inferenceservice as render
 from inferator.settings import OperatorSettings
@@ -279,7 +279,11 @@ def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.V
             informers.forget(api_version, kind, namespace, name)
 
     wanted_sets = {o["metadata"]["name"] for o in desired if o["kind"] == "StatefulSet"}
-    for stale in view.owned("apps/v1", "StatefulSet", namespace, name):
+    # Group StatefulSets exist only while a profile spans nodes, or just after one did (the
+    # running profile in status): only then is the children index searched for them.
+    spanned = int((parse_profile_name(status.profile or "") or {}).get("pp", "1")) > 1
+    owned = view.owned("apps/v1", "StatefulSet", namespace, name) if profile.nodes > 1 or spanned else []
+    for stale in owned:
         if stale["metadata"]["name"] not in wanted_sets:  # fewer groups, or one node per replica again
             kube.delete("apps/v1", "StatefulSet", stale["metadata"]["name"], namespace)
             informers.forget("apps/v1", "StatefulSet", namespace, stale["metadata"]["name"])
@@ -293,14 +297,8 @@ def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.V
     if lws is not None:
         replicas, ready, desired_replicas, rolled_out = _lws_status(lws, conds)
     elif profile.nodes > 1:
-        replicas, ready, desired_replicas, rolled_out = _group_status(
-            view, namespace, name, wanted_sets, conds
-        )
-        sets = [
-            s
-            for s in view.owned("apps/v1", "StatefulSet", namespace, name)
-            if s["metadata"]["name"] in wanted_sets
-        ]
+        sets = [s for s in owned if s["metadata"]["name"] in wanted_sets]
+        replicas, ready, desired_replicas, rolled_out = _group_status(sets, len(wanted_sets), conds)
         _restart_groups(body, namespace, sets, pods)
     else:
         replicas, ready, desired_replicas, rolled_out = _deployment_status(view, namespace, name, conds)
@@ -370,13 +368,8 @@ def _deployment_status(
     return replicas, ready, desired, rolled_out
 
 
-def _group_status(
-    view: informers.View, namespace: str, name: str, wanted: set[str], conds: Conditions
-) -> tuple[int, int, int, bool]:
+def _group_status(sets: list[dict[str, Any]], wanted: int, conds: Conditions) -> tuple[int, int, int, bool]:
     """A multi-node replica is a group: ready when every pod of its StatefulSet is."""
-    sets = [
-        s for s in view.owned("apps/v1", "StatefulSet", namespace, name) if s["metadata"]["name"] in wanted
-    ]
     ready = rolled = 0
     size = 0
     for group in sets:
@@ -388,10 +381,10 @@ def _group_status(
         )
     if ready:
         conds.set("Available", "True", "MinimumReplicasAvailable",
-                  f"{ready}/{len(wanted)} groups of {size} nodes ready")  # fmt: skip
+                  f"{ready}/{wanted} groups of {size} nodes ready")  # fmt: skip
     else:
-        conds.set("Available", "False", "Deploying", f"0/{len(wanted)} groups of {size or '?'} nodes ready")
-    return len(sets), ready, len(wanted), rolled == len(sets) and len(sets) >= 1
+        conds.set("Available", "False", "Deploying", f"0/{wanted} groups of {size or '?'} nodes ready")
+    return len(sets), ready, wanted, rolled == len(sets) and len(sets) >= 1
 
 
 def _lws_status(lws: dict[str, Any], conds: Conditions) -> tuple[int, int, int, bool]:
