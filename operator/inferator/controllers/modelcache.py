@@ -334,6 +334,7 @@ def evaluate(
     """The cache's outcome and the status fields the operator owns, from the cluster as it is."""
     current = ModelCacheStatus.model_validate(status)
     generation = body["metadata"].get("generation")
+    parsed: ModelCacheSpec | None = None
     try:
         parsed = ModelCacheSpec.model_validate(spec)
     except ValidationError as exc:
@@ -345,7 +346,7 @@ def evaluate(
         current.conditions, "Ready", outcome.ready, outcome.reason, outcome.message,
         now=now_rfc3339(), generation=generation,
     )  # fmt: skip
-    conditions = _with_credentials(conditions, spec, current, generation)
+    conditions = _with_credentials(conditions, parsed, current, generation)
     desired = {
         "phase": outcome.phase,
         "observedGeneration": generation,
@@ -357,15 +358,13 @@ def evaluate(
 
 
 def _with_credentials(
-    conditions: list[Condition], spec: dict[str, Any], status: ModelCacheStatus, generation: int | None
+    conditions: list[Condition], spec: ModelCacheSpec | None, status: ModelCacheStatus, generation: int | None
 ) -> list[Condition]:
     """The conditions with CredentialsValid as the last check says (dropped when there is
-    nothing to check)."""
-    try:
-        parsed = ModelCacheSpec.model_validate(spec)
-    except ValidationError:
+    nothing to check; left as they are when the spec does not parse)."""
+    if spec is None:
         return conditions
-    wanted = credentials_condition(parsed, status)
+    wanted = credentials_condition(spec, status)
     if wanted is None:
         return [c for c in conditions if c.type != CREDENTIALS_CONDITION]
     return set_condition(conditions, CREDENTIALS_CONDITION, *wanted, now=now_rfc3339(), generation=generation)
@@ -440,7 +439,11 @@ def _credentials_changed(name: str, namespace: str, body: kopf.Body) -> None:
     status = dict(body.get("status") or {})
     current = ModelCacheStatus.model_validate(status)
     generation = body["metadata"].get("generation")
-    wanted = _with_credentials(current.conditions, dict(body.get("spec") or {}), current, generation)
+    try:
+        spec: ModelCacheSpec | None = ModelCacheSpec.model_validate(dict(body.get("spec") or {}))
+    except ValidationError:
+        spec = None
+    wanted = _with_credentials(current.conditions, spec, current, generation)
     before = next((c for c in current.conditions if c.type == CREDENTIALS_CONDITION), None)
     after = next((c for c in wanted if c.type == CREDENTIALS_CONDITION), None)
 
