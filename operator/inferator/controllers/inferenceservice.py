@@ -42,7 +42,7 @@ from inferator.controllers.metrics import (
 from inferator.controllers.modelcache import validation_message
 from inferator.controllers.redaction import scrub
 from inferator.controllers.settings import SELECTION
-from inferator.controllers.status import changed_fields, now_rfc3339, with_removals
+from inferator.controllers.status import changed_fields, now_rfc3339
 from inferator.controllers.warmup import gate_condition, needs_warmup, warm_up
 from inferator.profiles.measured import Measured
 from inferator.profiles.select import Selection, parse_profile_name, select_profile
@@ -521,9 +521,7 @@ def _converge(svc: dict[str, Any], namespace: str, view: informers.View) -> dict
     changes, events = _run(name, namespace, svc, view)
     if changes:
         informers.remember_write(
-            kube.patch_status(
-                f"{API_GROUP}/{API_VERSION}", KIND, name, namespace, with_removals(old, changes)
-            )
+            kube.patch_status(f"{API_GROUP}/{API_VERSION}", KIND, name, namespace, changes, current=old)
         )
         log.info("InferenceService %s/%s reconciled: status %s written (phase %s)", namespace, name,
                  ", ".join(sorted(changes)), changes.get("phase") or old.get("phase"))  # fmt: skip

@@ -19,6 +19,8 @@ from urllib.parse import quote
 import kubernetes
 from kubernetes.client import ApiException
 
+from inferator.controllers.status import with_removals
+
 FIELD_MANAGER = "inferator"
 _GROUP_VERSION_TTL_S = 60.0
 _group_versions: dict[str, tuple[float, frozenset[str]]] = {}
@@ -196,13 +198,20 @@ def patch(api_version: str, kind: str, name: str, namespace: str, body: dict[str
 
 
 def patch_status(
-    api_version: str, kind: str, name: str, namespace: str, status: dict[str, Any]
+    api_version: str,
+    kind: str,
+    name: str,
+    namespace: str,
+    status: dict[str, Any],
+    current: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Merge-patch the status subresource (only the keys given); the object as written."""
+    """Merge-patch the status subresource (only the keys given); the object as written. With
+    `current` (the status as read), keys a changed object no longer has are sent as null, or
+    the merge would keep them."""
     written: dict[str, Any] = _request(
         "PATCH",
         _path(api_version, kind, namespace, name, "status"),
-        body={"status": status},
+        body={"status": status if current is None else with_removals(current, status)},
         content_type="application/merge-patch+json",
     )
     return written
