@@ -2,7 +2,8 @@
 
 A model no single simulated node holds gets a profile spanning two nodes; the operator runs it
 as a StatefulSet group whose pods the real scheduler places on two nodes of one zone; a member
-deleted restarts the group; replicas add and remove whole groups; status counts groups.
+deleted restarts the group; replicas add and remove whole groups; status counts groups; the real
+HPA controller scales whole groups through the InferenceService's scale subresource.
 KWOK runs no engine (and marks its pods Ready whatever their readiness gates say): the serving
 path itself is the runner-node tests', and for multi-node it needs GPUs.
 """
@@ -12,14 +13,17 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 
 from inferator.dev.cluster import LocalCluster
+from inferator.dev.custom_metrics import CustomMetricsApi
 from inferator.dev.nodes import H100_SXM, NodeSpec, node_manifest
 from inferator.profiles.model_facts import facts_from_directory
 from inferator.render import groups
 from tests.cluster.conftest import OperatorProcess, wait_for
+from tests.cluster.test_autoscaling import QUEUE_METRIC
 from tests.cluster.test_inferenceservice_controller import condition, ready_cache, service
 
 pytestmark = pytest.mark.cluster
@@ -108,6 +112,72 @@ def test_a_model_no_node_holds_runs_as_a_group_across_two_nodes_of_one_zone(
         )
         wait_for(lambda: not kubectl_json("statefulset", "-n", namespace, "--ignore-not-found", "deepseek-g1"),
                  timeout_s=60, what="the second group removed")  # fmt: skip
+    finally:
+        cluster.kubectl("delete", "node", *[n.name for n in extra], "--wait=false", check=False)
+
+
+def test_the_real_hpa_controller_adds_a_whole_group_through_the_service_scale_subresource(
+    cluster: LocalCluster, namespace: str, operator: OperatorProcess, kubectl_json: Any
+) -> None:
+    # Four H100 nodes in one zone: room for two groups of two.
+    extra = [
+        NodeSpec(f"gpu-h100-d-{i}", H100_SXM, 8, 192, 2048, "p5.48xlarge", zone="zone-d") for i in range(4)
+    ]
+    cluster.apply([node_manifest(n) for n in extra])
+    try:
+        ready_cache(cluster, namespace, "deepseek-v3", DEEPSEEK_V3.to_k8s())
+        autoscaling = {
+            "minReplicas": 1,
+            "maxReplicas": 2,
+            "metric": "queueLength",
+            "target": 4,
+            "backend": "hpa",
+        }
+        with CustomMetricsApi(cluster) as metrics:
+            cluster.apply(
+                [
+                    service(
+                        namespace,
+                        "ds",
+                        "deepseek-v3",
+                        selector={"engines": ["vllm"]},
+                        autoscaling=autoscaling,
+                    )
+                ]
+            )
+            hpa = wait_for(lambda: kubectl_json("hpa/ds", "-n", namespace, "--ignore-not-found"),
+                           timeout_s=90, what="the rendered HPA")  # fmt: skip
+            assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "inferator.dev/v1alpha1",
+                                                     "kind": "InferenceService", "name": "ds"}  # fmt: skip
+            first = wait_for(lambda: (o := kubectl_json("infsvc/ds", "-n", namespace))["status"].get("readyReplicas") == 1 and o,
+                             timeout_s=120, what="one group ready")  # fmt: skip
+            assert first["status"]["profile"].endswith("-pp2-latency")
+            # The HPA reads its pod signal from the leaders only: one pod per replica (group).
+            scale = kubectl_json("infsvc/ds", "-n", namespace, "--subresource=scale")
+            assert (
+                scale["status"]["selector"]
+                == f"inferator.dev/inference-service=ds,{groups.POD_INDEX_LABEL}=0"
+            )
+            assert kubectl_json("pdb/ds", "-n", namespace, "--ignore-not-found"), "two groups possible: a PDB"
+
+            # 10 requests waiting on the leader against a target of 4: ceil(10/4) = 3, capped at 2.
+            metrics.set(namespace, QUEUE_METRIC, 10)
+            wait_for(lambda: kubectl_json("infsvc/ds", "-n", namespace)["spec"].get("replicas") == 2,
+                     timeout_s=120, what="the HPA controller writing spec.replicas 2")  # fmt: skip
+            g1 = wait_for(lambda: kubectl_json("statefulset", "-n", namespace, "--ignore-not-found", "ds-g1"),
+                          timeout_s=60, what="a second whole group")  # fmt: skip
+            assert g1["spec"]["replicas"] == 2
+            svc = wait_for(lambda: (o := kubectl_json("infsvc/ds", "-n", namespace))["status"].get("readyReplicas") == 2 and o,
+                           timeout_s=120, what="two groups ready")  # fmt: skip
+            # A scale is not a change of what is served: same profile, selected for the same generation.
+            assert svc["metadata"]["generation"] > first["metadata"]["generation"]
+            for key in ("profile", "profileGeneration", "specRevision"):
+                assert svc["status"][key] == first["status"][key], key
+            pods = kubectl_json("pods", "-n", namespace, "-l", "inferator.dev/inference-service=ds")["items"]
+            assert len(pods) == 4 and {p["spec"].get("nodeName") for p in pods} <= {n.name for n in extra}
+            asked = [unquote(r) for r in metrics.served(QUEUE_METRIC)]
+            assert asked and all(f"{groups.POD_INDEX_LABEL}=0" in r for r in asked), asked
+            assert "Traceback" not in operator.log()
     finally:
         cluster.kubectl("delete", "node", *[n.name for n in extra], "--wait=false", check=False)
 

@@ -82,7 +82,11 @@ def test_one_node_first_and_several_only_when_asked_or_needed() -> None:
 
 
 def group_children(
-    replicas: int = 2, zones: tuple[str, ...] = ("zone-a", "zone-a"), lws: bool = False, **spec: Any
+    replicas: int = 2,
+    zones: tuple[str, ...] = ("zone-a", "zone-a"),
+    lws: bool = False,
+    keda: bool = False,
+    **spec: Any,
 ) -> list[dict[str, Any]]:
     parsed = InferenceServiceSpec.model_validate(
         {"modelCacheRef": {"name": "m"}, "replicas": replicas, **spec}
@@ -91,7 +95,7 @@ def group_children(
     assert selection.profile is not None and selection.profile.nodes == 2
     inputs = render.ServingInputs(
         name="deepseek", namespace="team-a", spec=parsed, selection=selection, pvc_name="weights",
-        ownership=Ownership(), settings=OperatorSettings(), lws_installed=lws,
+        ownership=Ownership(), settings=OperatorSettings(), lws_installed=lws, keda_installed=keda,
     )  # fmt: skip
     return render.render_children(inputs)
 
@@ -143,9 +147,49 @@ def test_names_stay_dns_labels_for_long_service_names() -> None:
     assert len(f"{groups.group_name(name, 12)}-15") <= 63  # a pod's name is a hostname
 
 
-def test_autoscaling_a_multi_node_service_is_refused_with_a_reason() -> None:
-    with pytest.raises(render.UnsupportedSignal, match="autoscaling whole groups is not supported"):
-        group_children(autoscaling={"maxReplicas": 3})
+IS_TARGET = {"apiVersion": "inferator.dev/v1alpha1", "kind": "InferenceService", "name": "deepseek"}
+
+
+def test_an_autoscaler_scales_whole_groups_through_the_inferenceservice_scale_subresource() -> None:
+    objs = group_children(autoscaling={"maxReplicas": 3, "backend": "hpa"})
+    hpa = next(o for o in objs if o["kind"] == "HorizontalPodAutoscaler")
+    # not a StatefulSet (one group's pods) nor the Deployment (there is none): the service itself
+    assert hpa["spec"]["scaleTargetRef"] == IS_TARGET
+    assert hpa["spec"]["metrics"][0]["type"] == "Pods" and hpa["spec"]["maxReplicas"] == 3
+    pdb = next(o for o in objs if o["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1  # one member, hence one group, at a time
+    assert pdb["spec"]["selector"]["matchLabels"] == {render.SERVICE_LABEL: "deepseek"}
+    assert sum(o["kind"] == "StatefulSet" for o in objs) == 2  # spec.replicas: what the autoscaler wrote
+
+    keda = group_children(replicas=0, autoscaling={"minReplicas": 0, "maxReplicas": 2}, keda=True)
+    scaled = next(o for o in keda if o["kind"] == "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"] == IS_TARGET and scaled["spec"]["minReplicaCount"] == 0
+    assert not [o for o in keda if o["kind"] == "StatefulSet"], "scaled to zero: no group"
+    single = group_children(replicas=1, autoscaling={"maxReplicas": 1, "backend": "hpa"}, lws=True)
+    assert (
+        next(o for o in single if o["kind"] == "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
+        == IS_TARGET
+    )
+    assert not [o for o in single if o["kind"] == "PodDisruptionBudget"], "one group: no budget to keep"
+
+
+def test_a_scale_changes_the_generation_but_not_the_spec_revision() -> None:
+    from inferator.api.inferenceservice import InferenceServiceStatus
+    from inferator.controllers.inferenceservice import selected_generation, spec_revision
+
+    base = {"modelCacheRef": {"name": "m"}, "autoscaling": {"maxReplicas": 3}}
+    one, three = (InferenceServiceSpec.model_validate(base | {"replicas": n}) for n in (1, 3))
+    changed = InferenceServiceSpec.model_validate(base | {"replicas": 3, "serving": {"extraArgs": ["--x"]}})
+    assert spec_revision(one) == spec_revision(three) != spec_revision(changed)
+    status = InferenceServiceStatus(profile="p", profile_generation=4, spec_revision=spec_revision(one))
+    assert selected_generation(status, spec_revision(three), 9) == 4, (
+        "scaled: the profile stays selected for 4"
+    )
+    assert selected_generation(status, spec_revision(changed), 9) == 9, "changed: select again"
+    assert (
+        selected_generation(InferenceServiceStatus(profile="p", profile_generation=4), spec_revision(one), 9)
+        == 9
+    )
 
 
 def pod(name: str, created: str, restarts: int = 0, revision: str = "rev-1") -> dict[str, Any]:
@@ -217,8 +261,14 @@ def test_a_workers_probe_passes_without_an_api(monkeypatch: pytest.MonkeyPatch) 
 def test_where_leaderworkerset_is_installed_one_leaderworkerset_holds_every_group() -> None:
     """Pure output against LWS's documented v1 API: its controller is not in this test bed."""
     objs = group_children(replicas=3, lws=True)
-    # no StatefulSet, no headless Service of ours (LWS makes its own), no PDB (groups are not pods)
-    assert sorted(o["kind"] for o in objs) == ["LeaderWorkerSet", "NetworkPolicy", "Service"]
+    # no StatefulSet, no headless Service of ours (LWS makes its own); a PDB over the pods (LWS's
+    # StatefulSets have a scale, so the budget counts them): one member, hence one group, at a time
+    assert sorted(o["kind"] for o in objs) == [
+        "LeaderWorkerSet",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Service",
+    ]
     lws = next(o for o in objs if o["kind"] == "LeaderWorkerSet")
     assert lws["apiVersion"] == "leaderworkerset.x-k8s.io/v1" and lws["metadata"]["name"] == "deepseek"
     assert lws["metadata"]["annotations"] == {groups.LWS_EXCLUSIVE_TOPOLOGY: "topology.kubernetes.io/zone"}

@@ -60,6 +60,7 @@ def test_the_pod_is_restricted_and_reads_only_what_it_needs() -> None:
         ("inferator.dev", "inferenceservices"): ["get", "list", "watch"],
         ("", "pods"): ["get", "list", "watch"],
         ("apps", "deployments/scale"): ["get", "patch"],
+        ("inferator.dev", "inferenceservices/scale"): ["get", "patch"],
     }
     assert rendered["Service"]["spec"]["selector"] == {render.GATEWAY_LABEL: "gw"}
 

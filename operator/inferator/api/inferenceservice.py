@@ -120,7 +120,12 @@ class Serving(ApiModel):
 
 
 class Autoscaling(ApiModel):
-    """Autoscaling on engine signals; the operator leaves `replicas` to the autoscaler when enabled."""
+    """Autoscaling on engine signals; the operator leaves `replicas` to the autoscaler when enabled.
+
+    One node per replica: the HPA or ScaledObject scales the Deployment. A profile spanning
+    nodes: it scales the InferenceService through its scale subresource (`spec.replicas`, one
+    group per replica, signals read from the leaders), and the operator adds or removes whole
+    groups."""
 
     min_replicas: int = Field(default=1, ge=0, le=1000)
     max_replicas: int = Field(default=1, ge=1, le=1000)
@@ -369,7 +374,17 @@ class InferenceServiceStatus(ApiModel):
     )
     profile_generation: int | None = Field(
         default=None,
-        description="Generation the profile was selected for; a running profile is kept until the spec changes or it no longer fits.",
+        description=(
+            "Generation the profile was selected for; a running profile is kept until the spec changes "
+            "(other than replicas: see specRevision) or it no longer fits."
+        ),
+    )
+    spec_revision: str | None = Field(
+        default=None,
+        description=(
+            "Digest of the spec without replicas when the profile was selected: a scale (kubectl, an "
+            "HPA or KEDA on the scale subresource) changes the generation but not what is served."
+        ),
     )
     pool: str | None = None
     estimates: Estimates | None = None

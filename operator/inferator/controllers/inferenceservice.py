@@ -8,6 +8,8 @@ they differ from what is rendered, so a settled service costs no writes.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -165,6 +167,23 @@ def _select(
     return select(spec), False
 
 
+def spec_revision(spec: InferenceServiceSpec) -> str:
+    """What is served, as a digest: the spec without `replicas`, which an autoscaler writes
+    through the scale subresource (for multi-node groups) and `kubectl scale` changes. Selection
+    and validation follow the spec's revision rather than its generation, so scaling neither
+    re-selects nor lifts a KeepPreviousProfile pin nor retries a failed validation run."""
+    served = spec.model_dump(mode="json", by_alias=True, exclude={"replicas"}, exclude_none=True)
+    return hashlib.sha256(json.dumps(served, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def selected_generation(status: InferenceServiceStatus, revision: str, generation: int) -> int:
+    """The generation the running profile was selected for while the spec's revision is the same
+    (only replicas changed since), else this generation: the spec changed, select again."""
+    if status.profile_generation is not None and status.spec_revision == revision:
+        return status.profile_generation
+    return generation
+
+
 def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.View) -> dict[str, Any]:
     """Converge one service; return the status fields it should have."""
     generation = int(body["metadata"].get("generation") or 0)
@@ -227,7 +246,9 @@ def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.V
     model = measurements.model_identity(
         cache_spec.source.uri, cache_status.resolved_revision, cache_status.content_hash
     )
-    selection, kept = _select(spec, status, generation, cache_status.model, cache_name, view.nodes(), model)
+    revision = spec_revision(spec)
+    selected_for = selected_generation(status, revision, generation)
+    selection, kept = _select(spec, status, selected_for, cache_status.model, cache_name, view.nodes(), model)
     # A kept profile is checked as a pin, whose ranking says nothing of the alternatives: the
     # candidates stay those of the selection that chose it (else every later pass rewrote them).
     previous = (body.get("status") or {}).get("candidates")
@@ -242,7 +263,7 @@ def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.V
         return _finish(out, status, conds, "NoCompatibleProfile", generation)
     profile = selection.profile
     conds.set("ProfileSelected", "True", "ProfileSelected", selection.message)
-    out |= {"profile": profile.name, "profileGeneration": generation, "task": profile.task,
+    out |= {"profile": profile.name, "profileGeneration": selected_for, "specRevision": revision, "task": profile.task,
             "servedModelName": profile.served_model_name,
             "pool": selection.pool.key if selection.pool else None,
             "estimates": selection.estimates.to_k8s() if selection.estimates else None,
@@ -257,6 +278,9 @@ def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.V
         model_subpath=cache_spec.model_subpath, in_place=cache_spec.in_place,
         cache_revision=f"{cache_status.content_hash or ''}:{cache_status.resolved_revision or ''}",
     )  # fmt: skip
+    if profile.nodes > 1:  # what an HPA reads its pod signals from: one leader per group
+        leaders = render.selector(name) | groups.leader_selector(inputs.lws_installed)
+        out["selector"] = ",".join(f"{k}={v}" for k, v in leaders.items())
     try:
         desired = render.render_children(inputs)
     except render.UnsupportedSignal as exc:
@@ -327,7 +351,7 @@ def reconcile(name: str, namespace: str, body: dict[str, Any], view: informers.V
         conds.set("Ready", "False", "Deploying", f"{ready}/{desired_replicas} replicas ready")
         phase = "Deploying"
     checked = validation.step(inputs, status.validation, phase == "Ready" and rolled_out, pods, view, owner,
-                              generation, selection.estimates.kv_cache_tokens if selection.estimates else None)  # fmt: skip
+                              selected_for, selection.estimates.kv_cache_tokens if selection.estimates else None)  # fmt: skip
     if checked.status is not None:
         out["validation"] = checked.status.to_k8s()
     for type_, (st, reason, message) in checked.conditions.items():

@@ -6,7 +6,8 @@ addresses. A pod counts once it is Ready, which includes the operator's readines
 model listed and a warm-up answered), so a request is never sent to a replica still loading.
 
 A model whose service has no ready pod is held (app.py); `scale_up` asks for one replica
-through the Deployment's scale subresource when it has none, which is what KEDA itself would do
+through the Deployment's scale subresource (a multi-node service's own, which has no
+Deployment) when it has none, which is what KEDA itself would do
 on its next poll: the gateway only ever moves 0 -> 1, never down and never above one, so it does
 not fight the autoscaler that owns `replicas` from there.
 """
@@ -20,6 +21,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from inferator.gateway.config import GatewayConfig
@@ -167,15 +169,27 @@ class ClusterCatalog:
         kubernetes = _k8s()
 
         apps = kubernetes.client.AppsV1Api()
+        custom = kubernetes.client.CustomObjectsApi()
+        namespace = self.config.namespace
         try:
-            scale = apps.read_namespaced_deployment_scale(name, self.config.namespace)
-            if (scale.spec.replicas or 0) == 0:
-                apps.patch_namespaced_deployment_scale(name, self.config.namespace, {"spec": {"replicas": 1}})
-                log.info("scaled %s/%s from zero for a held request", self.config.namespace, name)
+            try:
+                replicas = apps.read_namespaced_deployment_scale(name, namespace).spec.replicas or 0
+                grow: Any = partial(apps.patch_namespaced_deployment_scale, name, namespace)
+            except kubernetes.client.ApiException as error:
+                if error.status != 404:
+                    raise
+                # No Deployment: a multi-node service, whose groups the autoscaler scales through
+                # the InferenceService's own scale subresource.
+                scale = custom.get_namespaced_custom_object_scale(GROUP, VERSION, namespace, PLURAL, name)
+                replicas = (scale.get("spec") or {}).get("replicas") or 0
+                grow = partial(
+                    custom.patch_namespaced_custom_object_scale, GROUP, VERSION, namespace, PLURAL, name
+                )
+            if replicas == 0:
+                grow({"spec": {"replicas": 1}})
+                log.info("scaled %s/%s from zero for a held request", namespace, name)
         except kubernetes.client.ApiException as error:
-            log.warning(
-                "could not scale %s/%s up: %s %s", self.config.namespace, name, error.status, error.reason
-            )
+            log.warning("could not scale %s/%s up: %s %s", namespace, name, error.status, error.reason)
 
     # -- write side (watch threads) -----------------------------------------------------------
     def start(self) -> None:

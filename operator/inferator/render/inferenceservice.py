@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from inferator.api.common import API_GROUP, API_VERSION
 from inferator.api.inferenceservice import Autoscaling, InferenceServiceSpec, ScalingSignal
 from inferator.api.modelcache import Ownership
 from inferator.api.profile import API_KEY_ENV, CACHE_CHECK_ENV, DEFAULT_MODEL_DIR, MODEL_DIR_ENV, PROFILE_ENV
@@ -324,28 +325,29 @@ def render_children(inputs: ServingInputs) -> list[dict[str, Any]]:
         ),
     ]
     if profile.nodes > 1:
-        if spec.autoscaling is not None:
-            raise UnsupportedSignal(
-                f"profile {profile.name} spans {profile.nodes} nodes per replica: autoscaling whole groups is "
-                "not supported yet; set spec.replicas (and remove spec.autoscaling)"
-            )
         deployment = objects.pop(0)
         assert inputs.selection.pool is not None
         domain = groups.group_domains(inputs.selection.pool, profile.nodes)
+        # Groups follow spec.replicas, which an autoscaler writes through the InferenceService's
+        # scale subresource: a group is one replica, so it comes and goes whole.
         if inputs.lws_installed:
-            lws = groups.render_leader_worker_set(deployment, service=name, namespace=namespace,
-                                                  groups=spec.replicas, size=profile.nodes, port=profile.port,
-                                                  health_path=profile.health_path, topology_key=domain[0])  # fmt: skip
-            return [lws, *objects]
-        objects = [*groups.render_groups(deployment, service=name, namespace=namespace, groups=spec.replicas,
-                                         size=profile.nodes, port=profile.port, health_path=profile.health_path,
-                                         domain=domain), *objects]  # fmt: skip
-        return objects
+            objects.insert(0, groups.render_leader_worker_set(
+                deployment, service=name, namespace=namespace, groups=spec.replicas, size=profile.nodes,
+                port=profile.port, health_path=profile.health_path, topology_key=domain[0]))  # fmt: skip
+        else:
+            objects[:0] = groups.render_groups(deployment, service=name, namespace=namespace, groups=spec.replicas,
+                                               size=profile.nodes, port=profile.port, health_path=profile.health_path,
+                                               domain=domain)  # fmt: skip
+        target = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "InferenceService", "name": name}
+    else:
+        target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
     most_replicas = spec.autoscaling.max_replicas if spec.autoscaling else spec.replicas
     if most_replicas > 1:
+        # One replica (a whole group) at a time: an eviction takes a group's member, the operator
+        # restarts that group, and its pods count as unavailable until it is back.
         objects.append(render_manifest("serving-pdb.yaml.j2", **common))
     if kind == "hpa" and spec.autoscaling:
-        objects.append(render_manifest("serving-hpa.yaml.j2", **common, autoscaling=spec.autoscaling,
+        objects.append(render_manifest("serving-hpa.yaml.j2", **common, autoscaling=spec.autoscaling, target=target,
                                        metric=_hpa_metric(profile.engine, spec.autoscaling, profile.task)))  # fmt: skip
     elif kind == "keda" and spec.autoscaling:
         if not inputs.keda_installed:
@@ -360,7 +362,7 @@ def render_children(inputs: ServingInputs) -> list[dict[str, Any]]:
         if spec.autoscaling.min_replicas == 0:
             triggers.append(gateway_trigger(inputs))
         objects.append(render_manifest("serving-scaledobject.yaml.j2", **common, autoscaling=spec.autoscaling,
-                                       triggers=triggers))  # fmt: skip
+                                       target=target, triggers=triggers))  # fmt: skip
     if inputs.servicemonitor_installed:
         objects.append(
             render_manifest("serving-servicemonitor.yaml.j2", **common, metrics_path=profile.metrics_path)
