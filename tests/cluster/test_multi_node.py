@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import kubernetes
 import pytest
 
 from inferator.dev.cluster import LocalCluster
 from inferator.dev.custom_metrics import CustomMetricsApi
 from inferator.dev.nodes import H100_SXM, NodeSpec, node_manifest
+from inferator.gateway.config import GatewayConfig
+from inferator.gateway.discovery import ClusterCatalog
 from inferator.profiles.model_facts import facts_from_directory
 from inferator.render import groups
 from tests.cluster.conftest import OperatorProcess, wait_for
@@ -177,7 +180,20 @@ def test_the_real_hpa_controller_adds_a_whole_group_through_the_service_scale_su
             assert len(pods) == 4 and {p["spec"].get("nodeName") for p in pods} <= {n.name for n in extra}
             asked = [unquote(r) for r in metrics.served(QUEUE_METRIC)]
             assert asked and all(f"{groups.POD_INDEX_LABEL}=0" in r for r in asked), asked
-            assert "Traceback" not in operator.log()
+
+        # At zero groups (KEDA's scale to zero, here set by hand) an InferenceGateway holding a
+        # request wakes the service through the same scale subresource: it has no Deployment.
+        cluster.apply([service(namespace, "dz", "deepseek-v3", selector={"engines": ["vllm"]}, replicas=0)])
+        wait_for(lambda: condition(kubectl_json("infsvc/dz", "-n", namespace), "Ready").get("reason") == "ScaledToZero",
+                 timeout_s=90, what="a group service at zero")  # fmt: skip
+        kubernetes.config.load_kube_config(
+            config_file=str(cluster.kubeconfig)
+        )  # the gateway's default client
+        ClusterCatalog(GatewayConfig(namespace=namespace))._scale_up("dz")
+        assert kubectl_json("infsvc/dz", "-n", namespace)["spec"]["replicas"] == 1
+        wait_for(lambda: kubectl_json("statefulset", "-n", namespace, "--ignore-not-found", "dz-g0"),
+                 timeout_s=60, what="the woken service's group")  # fmt: skip
+        assert "Traceback" not in operator.log()
     finally:
         cluster.kubectl("delete", "node", *[n.name for n in extra], "--wait=false", check=False)
 
