@@ -23,6 +23,7 @@ import pytest
 from inferator.dev.cluster import LocalCluster
 from inferator.dev.custom_metrics import CustomMetricsApi
 from inferator.dev.keda import KedaOperator
+from inferator.dev.nodes import H100_SXM, NodeSpec, node_manifest
 from tests.cluster.conftest import OperatorProcess, wait_for
 from tests.cluster.test_inferenceservice_controller import LLAMA_8B, ready_cache, service
 
@@ -159,13 +160,29 @@ def test_with_keda_installed_a_scaledobject_is_rendered_and_keda_scales_to_zero_
 ) -> None:
     _, queries = prometheus
     ready_cache(cluster, namespace, "llama-8b", LLAMA_8B)
+    # A multi-node service too ("groups": DeepSeek-V3 spans two H100 nodes of one zone): KEDA
+    # scales it through the InferenceService's scale subresource, whole groups.
+    from tests.cluster.test_multi_node import DEEPSEEK_V3  # (that module imports this one)
+
+    two_nodes = [
+        NodeSpec(f"gpu-h100-e-{i}", H100_SXM, 8, 192, 2048, "p5.48xlarge", zone="zone-e") for i in range(2)
+    ]
+    cluster.apply([node_manifest(n) for n in two_nodes])
+    ready_cache(cluster, namespace, "deepseek-v3", DEEPSEEK_V3.to_k8s())
     cluster.apply([
         service(namespace, "zero", "llama-8b",
                 autoscaling={"minReplicas": 0, "maxReplicas": 2, "metric": "queueLength", "target": 4,
                              "cooldownSeconds": 5}),
         service(namespace, "auto", "llama-8b",
                 autoscaling={"minReplicas": 1, "maxReplicas": 2, "metric": "kvCacheUsage", "target": 0.8}),
+        service(namespace, "groups", "deepseek-v3", selector={"engines": ["vllm"]},
+                autoscaling={"minReplicas": 0, "maxReplicas": 1, "metric": "queueLength", "target": 4,
+                             "cooldownSeconds": 5}),
     ])  # fmt: skip
+    groups_so = wait_for(lambda: kubectl_json("scaledobject.keda.sh/groups", "-n", namespace, "--ignore-not-found"),
+                         timeout_s=90, what="ScaledObject groups")  # fmt: skip
+    assert groups_so["spec"]["scaleTargetRef"] == {"apiVersion": "inferator.dev/v1alpha1",
+                                                   "kind": "InferenceService", "name": "groups"}  # fmt: skip
     for name, minimum, metric in (
         ("zero", 0, "vllm:num_requests_waiting"),
         ("auto", 1, "vllm:kv_cache_usage_perc"),
@@ -187,6 +204,8 @@ def test_with_keda_installed_a_scaledobject_is_rendered_and_keda_scales_to_zero_
     wait_for(
         lambda: replicas_of(kubectl_json, namespace, "zero") == 0, timeout_s=150, what="KEDA scaling to zero"
     )
+    wait_for(lambda: group_sets(kubectl_json, namespace, "groups") == (0, 0), timeout_s=150,
+             what="KEDA scaling the multi-node service to zero groups")  # fmt: skip
     assert any("inferator_gateway_held_requests" in q and 'service="zero"' in q for q in queries.seen), (
         queries.seen
     )
@@ -204,9 +223,23 @@ def test_with_keda_installed_a_scaledobject_is_rendered_and_keda_scales_to_zero_
         timeout_s=60, what="ScaledObject Active",
     )  # fmt: skip
     assert active
+    wait_for(lambda: group_sets(kubectl_json, namespace, "groups") == (1, 1), timeout_s=150,
+             what="KEDA scaling the multi-node service to one whole group")  # fmt: skip
     # Nothing held or in flight any more: back to zero after the cooldown (5 s here).
     queries.gateway = 0
     wait_for(
         lambda: replicas_of(kubectl_json, namespace, "zero") == 0, timeout_s=150, what="KEDA back to zero"
     )
     assert replicas_of(kubectl_json, namespace, "auto") == 1  # minReplicas 1 is never scaled away
+    wait_for(lambda: group_sets(kubectl_json, namespace, "groups") == (0, 0), timeout_s=150,
+             what="the multi-node service back to zero groups")  # fmt: skip
+    cluster.kubectl("delete", "node", *[n.name for n in two_nodes], "--wait=false", check=False)
+
+
+def group_sets(kubectl_json: Any, namespace: str, name: str) -> tuple[int | None, int]:
+    """The InferenceService's spec.replicas (what KEDA wrote) and how many group StatefulSets exist."""
+    replicas = kubectl_json(f"infsvc/{name}", "-n", namespace)["spec"].get("replicas")
+    sets = kubectl_json("statefulset", "-n", namespace, "-l", f"inferator.dev/inference-service={name}")[
+        "items"
+    ]
+    return replicas, len(sets)

@@ -177,9 +177,15 @@ def test_the_real_hpa_controller_adds_a_whole_group_through_the_service_scale_su
             for key in ("profile", "profileGeneration", "specRevision"):
                 assert svc["status"][key] == first["status"][key], key
             pods = kubectl_json("pods", "-n", namespace, "-l", "inferator.dev/inference-service=ds")["items"]
-            assert len(pods) == 4 and {p["spec"].get("nodeName") for p in pods} <= {n.name for n in extra}
-            asked = [unquote(r) for r in metrics.served(QUEUE_METRIC)]
-            assert asked and all(f"{groups.POD_INDEX_LABEL}=0" in r for r in asked), asked
+            placed = sorted(str(p["spec"].get("nodeName")) for p in pods)
+            assert placed == sorted(n.name for n in extra), placed
+            # The HPA reads the leaders only once the status carries their selector: its first read
+            # can come before the operator's status write (one sync period); the reads that scaled
+            # the service, the last ones, name rank 0.
+            asked = [
+                r for r in map(unquote, metrics.served(QUEUE_METRIC)) if f"/namespaces/{namespace}/" in r
+            ]
+            assert asked and f"{groups.POD_INDEX_LABEL}=0" in asked[-1], asked
 
         # At zero groups (KEDA's scale to zero, here set by hand) an InferenceGateway holding a
         # request wakes the service through the same scale subresource: it has no Deployment.
